@@ -1,0 +1,174 @@
+"""Roll out one lockstep episode of N conversations with the budgeted agent.
+
+Every env step appends one token to every conversation; on the rows whose turn it is, the
+actor plays its fixed-KL mixture, samples a token, and pays for it from the budget
+(`klbudget.core.budget`). A student reply's reward arrives while the student speaks; it is
+credited to the agent step that handed the turn over (with γ = 1 and no agent action in
+between, this is exactly the same return-to-go). The result carries the agent steps for
+PPO and one record per conversation in the run-folder schema (docs/run-folder.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from klbudget.agent.policy import Actor, Critic, observation
+from klbudget.agent.ppo import Batch
+from klbudget.core.advantages import reward_to_go
+from klbudget.core.budget import BudgetMode, spend
+from klbudget.core.kl import kl_k3
+from klbudget.core.sampling import sample_categorical
+from klbudget.envs.chat import AGENT, SPEAKERS, ChatEnv
+
+
+@dataclass
+class Episode:
+    batch: Batch  # agent steps, flattened row-major (conversation, time)
+    records: list[dict]  # one per conversation, docs/run-folder.md schema
+    returns: Tensor  # (N,) episode return
+    kl: Tensor  # (N,) Σ_t exact KL(x_t‖β_t)
+    log_ratio: Tensor  # (N,) Σ_t log x_t(a_t) − log β_t(a_t)
+    k3: Tensor  # (N,) Σ_t k3 estimate
+    agent_steps: int
+
+
+@torch.no_grad()
+def run_episode(
+    env: ChatEnv,
+    actor: Actor,
+    critic: Critic,
+    *,
+    budget: float,
+    mode: BudgetMode,
+    budget_scale: float,
+    generator: torch.Generator,
+    seed: int | None = None,
+    policy: str = "agent",
+) -> Episode:
+    """Play one episode; `budget` = 0 makes the agent play the base policy exactly."""
+    obs, _ = env.reset(seed=seed)
+    n, length = env.n_envs, env.length
+    budget_left = torch.full((n,), float(budget))
+    kl_t = torch.zeros(n, length)
+    lr_t = torch.zeros(n, length)
+    left_t = torch.zeros(n, length)
+    rewards_t = torch.zeros(n, length)  # reward credited to the step that earned it
+    steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "v", "row", "t")}
+    last_agent_t = torch.full((n,), -1, dtype=torch.long)
+    left_t[:, : env.t] = float(budget)
+    while True:
+        t = env.t
+        mask = obs["agent_turn"]
+        actions = torch.zeros(n, dtype=torch.long)
+        if bool(mask.any()):
+            rows = mask.nonzero().squeeze(-1)
+            base_logp = obs["base_logp"][rows].float()
+            o = observation(
+                obs["features"][rows], obs["position"][rows], budget_left[rows], budget_scale
+            )
+            played = actor(o, base_logp, budget_left[rows])
+            a = sample_categorical(played.log_x, generator)
+            logp = played.log_x.gather(-1, a[:, None]).squeeze(-1)
+            log_ratio = logp - base_logp.gather(-1, a[:, None]).squeeze(-1)
+            new_left = spend(
+                budget_left[rows],
+                mode=mode,
+                log_ratio=log_ratio,
+                kl=played.kl,
+                active=torch.ones_like(rows, dtype=torch.bool),
+            )
+            for key, val in (
+                ("o", o), ("lb", base_logp), ("bl", budget_left[rows]), ("a", a),
+                ("lp", logp), ("v", critic(o)), ("row", rows), ("t", torch.full_like(rows, t)),
+            ):  # fmt: skip
+                steps[key].append(val)
+            kl_t[rows, t] = played.kl
+            lr_t[rows, t] = log_ratio
+            budget_left[rows] = new_left
+            last_agent_t[rows] = t
+            actions[rows] = a
+        obs, reward, _, truncated, _ = env.step(actions)
+        left_t[:, t] = budget_left
+        paid = reward != 0
+        if bool(paid.any()):
+            r_rows = paid.nonzero().squeeze(-1)
+            rewards_t[r_rows, last_agent_t[r_rows]] += reward[r_rows]
+        if bool(truncated.all()):
+            break
+
+    agent_mask = env.speaker == AGENT  # (N, T)
+    rtg = reward_to_go(rewards_t, agent_mask)
+    cat = {k: torch.cat(v) if v else torch.empty(0) for k, v in steps.items()}
+    m = int(cat["a"].numel())
+    if m:
+        # Steps were gathered time-major; order them (row, time) for readability.
+        order = torch.argsort(cat["row"] * length + cat["t"])
+        cat = {k: v[order] for k, v in cat.items()}
+        returns = rtg[cat["row"], cat["t"]]
+        obs_dim, n_act = cat["o"].shape[-1], cat["lb"].shape[-1]
+    else:
+        returns = torch.empty(0)
+        obs_dim, n_act = 0, 0
+    batch = Batch(
+        obs=cat["o"].reshape(m, obs_dim),
+        base_logp=cat["lb"].reshape(m, n_act),
+        budget_left=cat["bl"],
+        actions=cat["a"].long(),
+        logp_old=cat["lp"],
+        values_old=cat["v"],
+        returns=returns,
+    )
+    k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
+    records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy)
+    return Episode(
+        batch=batch,
+        records=records,
+        returns=rewards_t.sum(-1),
+        kl=kl_t.sum(-1),
+        log_ratio=lr_t.sum(-1),
+        k3=k3_t.sum(-1),
+        agent_steps=m,
+    )
+
+
+def _records(
+    env: ChatEnv,
+    kl_t: Tensor,
+    lr_t: Tensor,
+    left_t: Tensor,
+    rewards_t: Tensor,
+    budget: float,
+    policy: str,
+) -> list[dict]:
+    """Per-conversation records in the docs/run-folder.md schema."""
+    ids = env.ids.tolist()
+    spk = env.speaker.tolist()
+    kl, lr, left, rw = kl_t.tolist(), lr_t.tolist(), left_t.tolist(), rewards_t.tolist()
+    out = []
+    for i in range(env.n_envs):
+        tokens = [
+            {
+                "id": ids[i][t],
+                "text": env.text[ids[i][t]],
+                "speaker": SPEAKERS[spk[i][t]],
+                "kl": kl[i][t],
+                "log_ratio": lr[i][t],
+                "budget_left": left[i][t],
+            }
+            for t in range(env.length)
+        ]
+        rewards = [[t, r] for t, r in enumerate(rw[i]) if r != 0.0]
+        out.append(
+            {
+                "policy": policy,
+                "length": env.length,
+                "return": sum(r for _, r in rewards),
+                "budget": budget,
+                "rewards": rewards,
+                "tokens": tokens,
+            }
+        )
+    return out

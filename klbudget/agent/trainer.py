@@ -1,0 +1,296 @@
+"""Training loop: learn → collect episodes → PPO update → log → checkpoint.
+
+The budget ramps linearly from 0 to its full value over the first `ramp_fraction` of
+training (SYSTEM.md §2). Logs and checkpoints follow docs/run-folder.md. Ctrl-C (SIGINT) or
+SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint first;
+`resume=True` continues from the newest checkpoint, even after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.ppo import Batch, ExtraLoss, ppo_update
+from klbudget.agent.rollout import Episode, run_episode
+from klbudget.base.hf import HFBase
+from klbudget.config import Config, to_toml
+from klbudget.core.budget import ramp
+from klbudget.envs.chat import ChatEnv
+from klbudget.envs.format import ChatFormat
+from klbudget.rewards.sentiment import make_sentiment
+from klbudget.runs import folder as rf
+
+Callback = Callable[[dict[str, float]], bool]  # metrics of one update → keep going?
+
+
+def chat_format(cfg: Config) -> ChatFormat:
+    e = cfg.env
+    return ChatFormat(
+        teacher_tag=e.teacher_tag, student_tag=e.student_tag, separator=e.separator, prompt=e.prompt
+    )
+
+
+def build_env(cfg: Config, base: HFBase | None = None, n_envs: int | None = None) -> ChatEnv:
+    """The chat environment a config describes (loads the base model unless given)."""
+    if cfg.model.threads > 0:
+        torch.set_num_threads(cfg.model.threads)
+    base = base or HFBase(cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device)
+    return ChatEnv(
+        base,
+        base.tokenizer,
+        make_sentiment(cfg.reward.kind, cfg.reward.model_dir),
+        n_envs=n_envs or cfg.env.n_envs,
+        length=cfg.env.length,
+        chat=chat_format(cfg),
+        student_temperature=cfg.env.student_temperature,
+        max_reply_tokens=cfg.env.max_reply_tokens,
+        device=cfg.model.device,
+    )
+
+
+def cat_batches(batches: list[Batch]) -> Batch:
+    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))
+
+
+def empty_turn_fraction(env: ChatEnv) -> float:
+    turns = [c for row in env.teacher_turns for c in row]
+    return sum(c == "" for c in turns) / len(turns) if turns else 0.0
+
+
+@dataclass
+class Counters:
+    update: int = 0
+    agent_steps: int = 0
+    episodes: int = 0
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the env, the agent and the run folder; `learn()` trains to the step budget."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        env: ChatEnv | None = None,
+        extra_loss: ExtraLoss | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.extra_loss = extra_loss
+        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise rf.RunFolderError(
+                f"{self.run_dir} already holds files; use --resume or choose a new --out"
+            )
+        torch.manual_seed(cfg.train.seed)
+        self.env = env or build_env(cfg)
+        base = self.env.base
+        obs_dim = base.feature_dim + 2
+        self.actor = Actor(obs_dim, base.num_actions)
+        self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.counters = Counters()
+        self.budget_scale = max(cfg.budget.total, 1.0)
+        self._stop = False
+        if resume:
+            self._resume()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            rf.atomic_write_text(self.run_dir / "config.toml", to_toml(cfg))
+
+    # -- state ----------------------------------------------------------------------------
+    def _state(self):
+        modules = {"actor": self.actor, "critic": self.critic}
+        opts = {"actor": self.actor_opt, "critic": self.critic_opt}
+        gens = {"agent": self.gen, "env": self.env.generator}
+        return modules, opts, gens
+
+    def _resume(self) -> None:
+        stem = rf.latest_checkpoint(self.run_dir)
+        if stem is None:
+            raise rf.RunFolderError(f"{self.run_dir} has no checkpoint to resume from")
+        meta = rf.load_checkpoint(self.run_dir, stem, *self._state())
+        c = meta["counters"]
+        self.counters = Counters(c["update"], c["agent_steps"], c["episodes"], c["wall_s"])
+        rf.truncate_logs(self.run_dir, meta["log_sizes"])
+
+    def save(self) -> Path:
+        c = self.counters
+        counters = {
+            "update": c.update,
+            "agent_steps": c.agent_steps,
+            "episodes": c.episodes,
+            "wall_s": c.wall_s,
+        }
+        return rf.save_checkpoint(
+            self.run_dir, c.update, *self._state(), counters, self.cfg.train.keep_checkpoints
+        )
+
+    # -- loop -----------------------------------------------------------------------------
+    def budget_now(self) -> float:
+        b = self.cfg.budget
+        progress = self.counters.agent_steps / self.cfg.train.total_agent_steps
+        return ramp(b.total, progress, b.ramp_fraction)
+
+    def collect(self) -> tuple[list[Episode], list[float]]:
+        """Whole episodes until at least `tokens_per_update` agent steps."""
+        episodes, empties = [], []
+        steps = 0
+        while steps < self.cfg.ppo.tokens_per_update and not self._stop:
+            seed = self.cfg.train.seed * 1_000_003 + self.counters.episodes + len(episodes)
+            ep = run_episode(
+                self.env,
+                self.actor,
+                self.critic,
+                budget=self.budget_now(),
+                mode=self.cfg.budget.mode,  # type: ignore[arg-type]
+                budget_scale=self.budget_scale,
+                generator=self.gen,
+                seed=seed,
+            )
+            episodes.append(ep)
+            empties.append(empty_turn_fraction(self.env))
+            steps += ep.agent_steps
+        return episodes, empties
+
+    def learn(self, callback: Callback | None = None) -> Counters:
+        total = self.cfg.train.total_agent_steps
+        writer = _tensorboard(self.run_dir)
+        old_handlers = _install_stop_handlers(self)
+        bar = tqdm(
+            total=total, initial=min(self.counters.agent_steps, total), unit="step",
+            desc="train", disable=not self.progress, dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            while self.counters.agent_steps < total and not self._stop:
+                t0 = time.perf_counter()
+                budget = self.budget_now()
+                episodes, empties = self.collect()
+                if self._stop:
+                    break
+                batch = cat_batches([e.batch for e in episodes])
+                stats = ppo_update(
+                    self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
+                    self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
+                    generator=self.gen, extra_loss=self.extra_loss,
+                )  # fmt: skip
+                metrics = self._log(episodes, empties, stats, budget, time.perf_counter() - t0)
+                for name, val in metrics.items():
+                    writer.add_scalar(name, val, self.counters.agent_steps)
+                writer.flush()
+                bar.update(len(batch))
+                bar.set_postfix(
+                    reward=f"{metrics['reward/mean']:.2f}",
+                    kl=f"{metrics['kl/episode_mean']:.2f}",
+                    budget=f"{budget:.1f}",
+                    empty=f"{metrics['episodes/empty_turn_frac']:.2f}",
+                )
+                if self.counters.update % self.cfg.train.checkpoint_every == 0:
+                    self.save()
+                if callback is not None and not callback(metrics):
+                    break
+        finally:
+            bar.close()
+            writer.close()
+            _restore_handlers(old_handlers)
+        if self._stop or self.counters.update % self.cfg.train.checkpoint_every != 0:
+            self.save()
+        return self.counters
+
+    def _log(
+        self,
+        episodes: list[Episode],
+        empties: list[float],
+        stats: dict[str, float],
+        budget: float,
+        seconds: float,
+    ) -> dict[str, float]:
+        c = self.counters
+        records = []
+        for ep in episodes:
+            for rec in ep.records:
+                records.append({"episode": c.episodes, **rec})
+                c.episodes += 1
+        steps = sum(e.agent_steps for e in episodes)
+        c.update += 1
+        c.agent_steps += steps
+        c.wall_s += seconds
+        returns = torch.cat([e.returns for e in episodes])
+        kl = torch.cat([e.kl for e in episodes])
+        lr = torch.cat([e.log_ratio for e in episodes])
+        k3 = torch.cat([e.k3 for e in episodes])
+        q = torch.quantile(returns, torch.tensor([0.1, 0.5, 0.9]))
+        left_end = torch.tensor([r["tokens"][-1]["budget_left"] for r in records])
+        metrics = {
+            "time/agent_steps": float(c.agent_steps),
+            "time/update": float(c.update),
+            "time/wall_s": c.wall_s,
+            "time/agent_steps_per_s": steps / max(seconds, 1e-9),
+            "reward/mean": returns.mean().item(),
+            "reward/q10": q[0].item(),
+            "reward/q50": q[1].item(),
+            "reward/q90": q[2].item(),
+            "kl/episode_mean": kl.mean().item(),
+            "kl/episode_max": kl.max().item(),
+            "kl/k1_mean": lr.mean().item(),
+            "kl/k3_mean": k3.mean().item(),
+            "budget/full": budget,
+            "budget/spent": (budget - left_end).mean().item(),
+            "budget/left_end": left_end.mean().item(),
+            "episodes/empty_turn_frac": sum(empties) / len(empties),
+            **stats,
+        }
+        rf.append_jsonl(self.run_dir / "episodes.jsonl", records)
+        rf.append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
+        return metrics
+
+
+class _NullWriter:
+    def add_scalar(self, *args, **kwargs) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; stay usable without it
+        return _NullWriter()
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def _install_stop_handlers(trainer: Trainer):
+    def handler(signum, frame):  # noqa: ARG001
+        if trainer._stop:  # a second Ctrl-C stops at once (the checkpoint is still there)
+            raise KeyboardInterrupt
+        trainer._stop = True
+        tqdm.write("stopping: saving a checkpoint after the current episode (Ctrl-C again to quit)")
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
+def _restore_handlers(old) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)
+

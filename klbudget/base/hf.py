@@ -1,0 +1,109 @@
+"""A base policy over any Hugging Face causal LM loaded from a local folder.
+
+All conversations in a batch start from the same prompt and advance one token per call, so
+they are always the same length: the KV cache is one (N, heads, T, d) block per layer that
+grows by one position per step, with no padding and no per-conversation concatenation.
+Features are the hidden states of the last 3 layers at the current position (SYSTEM.md §2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from klbudget.base.protocol import BaseStep
+
+N_FEATURE_LAYERS = 3
+
+
+class ModelLoadError(ValueError):
+    """A model folder that does not exist or cannot be loaded."""
+
+
+def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer) from a local folder; never reaches the network."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"no model folder at {path} (expected {path / 'config.json'})")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load the model in {path}: {first}") from err
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+class HFBase:
+    """`BasePolicy` over a frozen Hugging Face causal LM (GPT-2, Llama, ...)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        temperature: float = 1.0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"base temperature must be > 0, got {temperature}")
+        self.model_dir = Path(model_dir)
+        self.model, self.tokenizer = load_local(model_dir, dtype)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.temperature = float(temperature)
+        cfg = self.model.config
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self.num_actions = self.vocab_size
+        self.feature_dim = N_FEATURE_LAYERS * int(cfg.hidden_size)
+        self.max_length = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+        )
+        self._cache = None
+
+    def _describe(self, out) -> BaseStep:
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        feats = torch.cat([h[:, -1, :] for h in out.hidden_states[-N_FEATURE_LAYERS:]], -1)
+        logp = torch.log_softmax(logits / self.temperature, dim=-1)
+        return BaseStep(env_logits=logits, logp=logp, features=feats.float())
+
+    @torch.no_grad()
+    def reset(self, input_ids: Tensor) -> BaseStep:
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            past_key_values=self._cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        return self._describe(out)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> BaseStep:
+        if self._cache is None:
+            raise RuntimeError("call reset() before step()")
+        out = self.model(
+            input_ids=tokens.to(self.device).view(-1, 1),
+            past_key_values=self._cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        return self._describe(out)
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor) -> Tensor:
+        ids = input_ids.to(self.device)
+        logits = self.model(input_ids=ids).logits[:, :-1].float() / self.temperature
+        logp = torch.log_softmax(logits, -1)
+        return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)

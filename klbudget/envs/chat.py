@@ -1,0 +1,216 @@
+"""The batched teacher/student chat (SYSTEM.md §2, "Transcript", "Environment", "Reward").
+
+N conversations start from the same prompt and advance in lockstep: every `step` appends
+exactly one token to every conversation, so all transcripts always have the same length and
+the base model runs one forward pass per step over all of them. A conversation is either in
+the agent's (teacher's) turn, where the appended token is the agent's action, or in the
+student's turn, where the environment samples the token from the base model at the student
+temperature (0.05). A teacher turn ends when its decoded text ends with the hand-over
+"\\n\\nStudent:"; a student turn ends when its text ends with "\\n\\nTeacher:", or after
+`max_reply_tokens`, when the environment writes the hand-back itself. Each finished student
+reply pays (s + 1)/2 with s its sentiment. A reply cut off by the end of the episode is
+scored as it stands if it has any content. The episode ends (truncated) when the transcript
+holds `length` tokens.
+
+The API follows Gymnasium's vector form: `reset(*, seed, options) -> (obs, info)` and
+`step(actions) -> (obs, reward, terminated, truncated, info)`, with tensors of leading
+size N; `actions` is read only where `obs["agent_turn"]` is True.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from klbudget.base.protocol import BasePolicy, BaseStep
+from klbudget.core.sampling import sample_categorical
+from klbudget.envs.format import ChatFormat
+from klbudget.rewards.sentiment import reply_reward
+
+SPEAKERS = ("prompt", "agent", "env")
+PROMPT, AGENT, ENV = 0, 1, 2
+
+
+class TokenText:
+    """Decoded text of single tokens, for turn detection on text (never on token ids).
+
+    Byte-level BPE can split a multi-byte character across tokens, so per-token text is only
+    used to find the ASCII tags at the end of a turn; rewards use the full decode.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        n = min(vocab_size, len(tokenizer))
+        self.table = [tokenizer.decode([i]) for i in range(n)] + [""] * (vocab_size - n)
+
+    def __getitem__(self, token_id: int) -> str:
+        return self.table[token_id]
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+@dataclass
+class Conversation:
+    """Book-keeping of one conversation (plain Python; the tensors live in the env)."""
+
+    speaker: int = AGENT  # whose turn it is: AGENT or ENV
+    turn_text: str = ""  # decoded text of the current turn so far (tag detection)
+    turn_ids: list[int] = field(default_factory=list)  # ids of the current turn
+    forced: list[int] = field(default_factory=list)  # tokens the env must write next
+    turn_start: int = 0  # index of the current turn's first token
+
+
+class ChatEnv:
+    """Batched chat environment over a `BasePolicy` (see module docstring)."""
+
+    def __init__(
+        self,
+        base: BasePolicy,
+        tokenizer,
+        sentiment: Callable[[Sequence[str]], list[float]],
+        *,
+        n_envs: int,
+        length: int,
+        chat: ChatFormat | None = None,
+        student_temperature: float = 0.05,
+        max_reply_tokens: int = 48,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.base = base
+        self.chat = chat or ChatFormat()
+        self.text = TokenText(tokenizer, base.vocab_size)
+        self.sentiment = sentiment
+        self.n_envs = n_envs
+        self.length = length
+        self.student_temperature = student_temperature
+        self.max_reply_tokens = max_reply_tokens
+        self.device = torch.device(device)
+        self.prompt_ids = self.text.encode(self.chat.prompt)
+        self.to_teacher_ids = self.text.encode(self.chat.to_teacher)
+        if len(self.prompt_ids) >= length:
+            raise ValueError(
+                f"the prompt is {len(self.prompt_ids)} tokens, not shorter than "
+                f"the episode length {length}"
+            )
+        if length > base.max_length:
+            raise ValueError(f"episode length {length} exceeds the model's {base.max_length}")
+        # Student sampling never ends the document: the hand-back is the only way out.
+        self._banned = [t for t in {getattr(tokenizer, "eos_token_id", None)} if t is not None]
+        self._tail = 4 * max(len(self.chat.to_student), len(self.chat.to_teacher))
+        self.generator = torch.Generator(device="cpu")
+        self._last: BaseStep | None = None
+
+    # -- Gymnasium-style API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        n = self.n_envs
+        self.ids = torch.empty(n, self.length, dtype=torch.long)
+        self.speaker = torch.empty(n, self.length, dtype=torch.long)
+        t0 = len(self.prompt_ids)
+        self.ids[:, :t0] = torch.tensor(self.prompt_ids)
+        self.speaker[:, :t0] = PROMPT
+        self.t = t0
+        self.convs = [Conversation(turn_start=t0) for _ in range(n)]
+        self.replies: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+        self.teacher_turns: list[list[str]] = [[] for _ in range(n)]  # completed, content
+        self._last = self.base.reset(self.ids[:, :t0].to(self.device))
+        return self._obs(), {}
+
+    def step(self, actions: Tensor):
+        if self._last is None or self.t >= self.length:
+            raise RuntimeError("episode is over: call reset()")
+        n = self.n_envs
+        agent_turn = self.agent_turn()
+        student_tok = self._sample_student(self._last.env_logits)
+        tokens = torch.where(agent_turn, actions.to(torch.long).cpu(), student_tok)
+        reward = torch.zeros(n)
+        finished: list[tuple[int, int]] = []  # (row, reply start) whose reply just ended
+        for i, conv in enumerate(self.convs):
+            if conv.forced:
+                tokens[i] = conv.forced.pop(0)
+            tok = int(tokens[i])
+            self.speaker[i, self.t] = AGENT if conv.speaker == AGENT else ENV
+            conv.turn_ids.append(tok)
+            # Only the tail is needed to spot a hand-over at the end of the turn.
+            conv.turn_text = (conv.turn_text + self.text[tok])[-self._tail :]
+            if conv.speaker == AGENT:
+                if conv.turn_text.endswith(self.chat.to_student):
+                    turn = self.text.decode(conv.turn_ids)
+                    self.teacher_turns[i].append(self.chat.teacher_content(turn))
+                    self._switch(conv, ENV)
+            elif not conv.forced:
+                if conv.turn_text.endswith(self.chat.to_teacher):
+                    finished.append((i, conv.turn_start))
+                    self._switch(conv, AGENT)
+                elif len(conv.turn_ids) >= self.max_reply_tokens:
+                    conv.forced = list(self.to_teacher_ids)
+        self.ids[:, self.t] = tokens
+        self.t += 1
+        done = self.t >= self.length
+        if done:  # a reply cut off by the end of the episode is scored as it stands
+            finished += [
+                (i, c.turn_start) for i, c in enumerate(self.convs) if c.speaker == ENV
+            ]
+        self._pay(finished, reward)
+        truncated = torch.full((n,), done)
+        terminated = torch.zeros(n, dtype=torch.bool)
+        if not done:
+            self._last = self.base.step(tokens.to(self.device))
+        info = {"tokens": tokens}
+        return self._obs(), reward, terminated, truncated, info
+
+    # -- helpers -------------------------------------------------------------------------
+    def agent_turn(self) -> Tensor:
+        """(N,) True where the next token is the agent's."""
+        return torch.tensor([c.speaker == AGENT and not c.forced for c in self.convs])
+
+    def _obs(self) -> dict[str, Tensor]:
+        assert self._last is not None
+        pos = torch.full((self.n_envs,), self.t / self.length)
+        return {
+            "features": self._last.features,
+            "base_logp": self._last.logp,
+            "position": pos,
+            "agent_turn": self.agent_turn(),
+        }
+
+    def _switch(self, conv: Conversation, speaker: int) -> None:
+        conv.speaker = speaker
+        conv.turn_text = ""
+        conv.turn_ids = []
+        conv.turn_start = self.t + 1
+
+    def _sample_student(self, env_logits: Tensor) -> Tensor:
+        logits = env_logits.float().cpu() / self.student_temperature
+        if self._banned:
+            logits[:, self._banned] = -torch.inf
+        return sample_categorical(torch.log_softmax(logits, -1), self.generator)
+
+    def _pay(self, finished: list[tuple[int, int]], reward: Tensor) -> None:
+        if not finished:
+            return
+        texts, rows = [], []
+        for i, start in finished:
+            ids = self.ids[i, start : self.t].tolist()
+            content = self.text.decode(ids)
+            if content.endswith(self.chat.to_teacher):
+                content = content[: -len(self.chat.to_teacher)]
+            content = content.strip()
+            if content or self.t < self.length:
+                texts.append(content)
+                rows.append(i)
+        for i, text, s in zip(rows, texts, self.sentiment(texts), strict=True):
+            reward[i] += reply_reward(s)
+            self.replies[i].append((self.t, text))
+
+    def transcript(self, i: int) -> str:
+        """Decoded transcript of conversation i so far."""
+        return self.text.decode(self.ids[i, : self.t].tolist())
