@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a KL-budgeted agent with PPO")
     t.add_argument("--config", help="TOML config (default: the cpu preset)")
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config field (repeatable)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field (repeatable)",
+    )
     t.add_argument("--out", required=True, help="run folder to create (or resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

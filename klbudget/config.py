@@ -121,7 +121,10 @@ class Config:
             (self.train.total_agent_steps >= 1, "train.total_agent_steps must be >= 1"),
             (self.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
-            (self.env.prompt.endswith(self.env.teacher_tag), "env.prompt must end with teacher_tag"),
+            (
+                self.env.prompt.endswith(self.env.teacher_tag),
+                "env.prompt must end with teacher_tag",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -190,8 +193,11 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
 
 def preset(name: str) -> Config:
     """A named preset from klbudget/presets/NAME.toml."""
-    names = sorted(p.name[:-5] for p in resources.files("klbudget.presets").iterdir()
-                   if p.name.endswith(".toml"))
+    names = sorted(
+        p.name[:-5]
+        for p in resources.files("klbudget.presets").iterdir()
+        if p.name.endswith(".toml")
+    )
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(names)}")
     text = resources.files("klbudget.presets").joinpath(f"{name}.toml").read_text()
@@ -236,4 +242,3 @@ def to_toml(cfg: Config) -> str:
     import tomli_w
 
     return tomli_w.dumps(cfg.to_dict())
-

@@ -8,6 +8,7 @@ SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -42,7 +43,9 @@ def build_env(cfg: Config, base: HFBase | None = None, n_envs: int | None = None
     """The chat environment a config describes (loads the base model unless given)."""
     if cfg.model.threads > 0:
         torch.set_num_threads(cfg.model.threads)
-    base = base or HFBase(cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device)
+    base = base or HFBase(
+        cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device
+    )
     return ChatEnv(
         base,
         base.tokenizer,
@@ -283,14 +286,11 @@ def _install_stop_handlers(trainer: Trainer):
 
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
             old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
     return old
 
 
 def _restore_handlers(old) -> None:
     for sig, h in old.items():
         signal.signal(sig, h)
-

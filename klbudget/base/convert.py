@@ -44,7 +44,9 @@ def convert_smollm2(out_dir: str | Path) -> Path:
         quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
-        raise ConversionError(f"reading GGUF needs the gguf and accelerate packages: {err}") from err
+        raise ConversionError(
+            f"reading GGUF needs the gguf and accelerate packages: {err}"
+        ) from err
     cfg = quant.config.to_dict()
     cfg.pop("quantization_config", None)
     plain = LlamaForCausalLM(LlamaConfig(**cfg))

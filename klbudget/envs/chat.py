@@ -156,9 +156,7 @@ class ChatEnv:
         self.t += 1
         done = self.t >= self.length
         if done:  # a reply cut off by the end of the episode is scored as it stands
-            finished += [
-                (i, c.turn_start) for i, c in enumerate(self.convs) if c.speaker == ENV
-            ]
+            finished += [(i, c.turn_start) for i, c in enumerate(self.convs) if c.speaker == ENV]
         self._pay(finished, reward)
         truncated = torch.full((n,), done)
         terminated = torch.zeros(n, dtype=torch.bool)

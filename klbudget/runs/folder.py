@@ -1,0 +1,168 @@
+"""The run folder on disk (docs/run-folder.md): atomic writes, JSONL logs, checkpoints.
+
+Every file is written to a temporary name and renamed into place, so a run killed at any
+moment (even by SIGKILL) leaves either the old or the new file, never half of one.
+JSONL logs are appended line by line; a checkpoint records their byte sizes, and resuming
+truncates them back to those sizes so no record is duplicated or lost relative to the
+restored state. Checkpoints are safetensors (tensors) plus JSON (counters); nothing is
+pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+LOGS = ("metrics.jsonl", "episodes.jsonl")
+
+
+class RunFolderError(ValueError):
+    """A run folder or checkpoint that cannot be used."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    blob = "".join(json.dumps(r, separators=(",", ":"), allow_nan=True) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise RunFolderError(f"{path}:{n}: not valid JSON ({err.msg})") from err
+    return rows
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, val in state.items():
+            out[f"{prefix}.{idx}.{key}"] = torch.as_tensor(val).clone()
+    return out
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, flat: dict) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, val in flat.items():
+        if name.startswith(prefix + "."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    counters: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write checkpoints/step_XXXXXX.{safetensors,json}, then point latest.json at it."""
+    ckdir = run_dir / CHECKPOINTS
+    ckdir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in modules.items():
+        for key, val in mod.state_dict().items():
+            tensors[f"{name}.{key}"] = val.detach().contiguous()
+    for name, opt in optimizers.items():
+        tensors.update(_flatten_optimizer(f"opt_{name}", opt))
+    for name, gen in generators.items():
+        tensors[f"rng_{name}"] = gen.get_state()
+    tensors["rng_torch"] = torch.get_rng_state()
+    stem = f"step_{step:06d}"
+    tmp = ckdir / f".{stem}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, ckdir / f"{stem}.safetensors")
+    sizes = {log: (run_dir / log).stat().st_size if (run_dir / log).exists() else 0 for log in LOGS}
+    meta = {"step": step, "counters": counters, "log_sizes": sizes}
+    atomic_write_text(ckdir / f"{stem}.json", json.dumps(meta, indent=1))
+    atomic_write_text(ckdir / "latest.json", json.dumps({"checkpoint": stem}))
+    old = sorted(p for p in ckdir.glob("step_*.safetensors") if p.stem != stem)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        p.unlink(missing_ok=True)
+        p.with_suffix(".json").unlink(missing_ok=True)
+    return ckdir / f"{stem}.safetensors"
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    latest = run_dir / CHECKPOINTS / "latest.json"
+    if not latest.exists():
+        return None
+    try:
+        return str(json.loads(latest.read_text())["checkpoint"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RunFolderError(f"{latest} is corrupt: {err}") from err
+
+
+def load_checkpoint(
+    run_dir: Path,
+    stem: str,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> dict[str, Any]:
+    """Restore state in place; returns the checkpoint's JSON (counters, log sizes)."""
+    path = run_dir / CHECKPOINTS / f"{stem}.safetensors"
+    try:
+        tensors = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError as err:
+        raise RunFolderError(f"checkpoint {path} is missing") from err
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
+        raise RunFolderError(f"checkpoint {path} is corrupt: {err}") from err
+    try:
+        for name, mod in modules.items():
+            pre = name + "."
+            sd = {k[len(pre) :]: v for k, v in tensors.items() if k.startswith(pre)}
+            mod.load_state_dict(sd)
+        for name, opt in optimizers.items():
+            _restore_optimizer(f"opt_{name}", opt, tensors)
+        for name, gen in generators.items():
+            gen.set_state(tensors[f"rng_{name}"])
+        torch.set_rng_state(tensors["rng_torch"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderError(f"checkpoint {path} does not match this run: {msg}") from err
+    return meta
+
+
+def truncate_logs(run_dir: Path, sizes: dict[str, int]) -> None:
+    """Cut the JSONL logs back to their sizes at checkpoint time."""
+    for log, size in sizes.items():
+        p = run_dir / log
+        if p.exists() and p.stat().st_size > size:
+            with open(p, "r+b") as fh:
+                fh.truncate(size)
