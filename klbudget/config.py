@@ -74,6 +74,7 @@ class PPOConfig:
     max_grad_norm: float = 0.1  # gradient-norm clip
     actor_lr: float = 2e-5  # Adam learning rate of the actor head
     critic_lr: float = 1e-4  # Adam learning rate of the critic
+    adam_eps: float = 1e-8  # Adam ε; larger values damp coordinates whose gradients are noise
     tokens_per_update: int = 8000  # agent tokens collected between updates
 
 

@@ -104,8 +104,9 @@ class Trainer:
         obs_dim = base.feature_dim + 2
         self.actor = Actor(obs_dim, base.num_actions)
         self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr)
+        eps = cfg.ppo.adam_eps
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr, eps=eps)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.counters = Counters()
         self.budget_scale = max(cfg.budget.total, 1.0)

@@ -62,3 +62,40 @@ def make_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def fit_tiny_model(
+    model_dir: str | Path,
+    texts: list[str],
+    *,
+    steps: int = 60,
+    lr: float = 3e-3,
+    batch: int = 8,
+    seed: int = 0,
+) -> Path:
+    """A few Adam steps of next-token training on `texts`, saved in place.
+
+    Gives a tiny base model with a peaked, text-like next-token distribution (a random
+    one is nearly uniform), so that tests can speak of tokens it "rarely emits".
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    ids = [torch.tensor(tok(t)["input_ids"]) for t in texts]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(0, len(ids), (batch,), generator=g).tolist()
+        n = min(len(ids[i]) for i in pick)
+        x = torch.stack([ids[i][:n] for i in pick])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(path)
+    return path

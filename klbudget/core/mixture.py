@@ -111,7 +111,11 @@ def fixed_kl_mixture(
     if log_a.shape != log_b.shape:
         raise ValueError(f"log_a {tuple(log_a.shape)} and log_b {tuple(log_b.shape)} differ")
     k = torch.as_tensor(k, dtype=log_a.dtype, device=log_a.device).expand(log_a.shape[:-1])
-    alpha_star, kl_star = _solve_alpha(log_a.detach(), log_b.detach(), k.detach(), iters)
+    v = log_a.shape[-1]
+    alpha_star, kl_star = _solve_alpha(
+        log_a.detach().reshape(-1, v), log_b.detach().reshape(-1, v), k.detach().reshape(-1), iters
+    )
+    alpha_star, kl_star = alpha_star.reshape(k.shape), kl_star.reshape(k.shape)
     zero_alpha, one_alpha = alpha_star == 0, alpha_star == 1
     interior = ~(zero_alpha | one_alpha)
     half = torch.full_like(alpha_star, 0.5)
@@ -120,6 +124,7 @@ def fixed_kl_mixture(
     if differentiable:
         # The solver normalises internally; do the same here so gradients see it too.
         log_a = log_a - torch.logsumexp(log_a, -1, keepdim=True)
+        log_b = log_b - torch.logsumexp(log_b, -1, keepdim=True)
         # One Newton step from the detached root carries the implicit-function gradient.
         # Rows at an endpoint take a harmless α = 1/2 in the algebra so no inf reaches
         # autograd.
@@ -166,8 +171,9 @@ def _solve_alpha(
     # KL(a‖b) in the input precision; +inf when a has mass outside supp(b).
     pos = log_a > -torch.inf
     f1 = (log_a.exp() * torch.where(pos, log_a - log_b, torch.zeros_like(log_a))).sum(-1)
-    f1 = f1.double()
-    full = f1 <= kk
+    f1 = f1.double().clamp(min=0.0)  # rounding can make KL(a‖a) slightly negative
+    # k = 0 means "play the base", exactly; mass outside supp(b) is never played.
+    full = (f1 <= kk) & (kk > 0) & torch.isfinite(f1)
     none = ~full & ((kk <= 0) | ~torch.isfinite(f1) | ~(f1 > 0))
     active = ~(full | none)
     alpha = torch.where(full, torch.ones_like(kk), torch.zeros_like(kk))
@@ -218,5 +224,5 @@ def _solve_alpha(
         al = torch.where(over, al * (kr / f) * (1 - 1e-12), al)
         f, _ = f_df(al)
     alpha[rows] = al
-    kl[rows] = f
+    kl[rows] = f.clamp(min=0.0)
     return alpha.to(log_a.dtype), kl.to(log_a.dtype)

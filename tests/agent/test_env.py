@@ -1,0 +1,89 @@
+"""The batched chat environment: lockstep tokens, turn detection on text, rewards, Gym API."""
+
+from __future__ import annotations
+
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from klbudget.base.hf import HFBase
+from klbudget.envs.chat import AGENT, ENV, ChatEnv
+from klbudget.envs.format import ChatFormat
+from klbudget.envs.gym_env import ChatGymEnv
+
+
+def constant_sentiment(texts):
+    return [0.5 for _ in texts]
+
+
+SHORT = ChatFormat(prompt="Student: Hi!\n\nTeacher:")
+
+
+def make_env(path, n=4, length=80, **kw) -> ChatEnv:
+    base = HFBase(path)
+    return ChatEnv(
+        base, base.tokenizer, constant_sentiment, n_envs=n, length=length, chat=SHORT, **kw
+    )
+
+
+def test_handover_switches_speaker_and_pays_reply(tiny_model):
+    env = make_env(tiny_model, n=2, length=60, max_reply_tokens=5)
+    obs, _ = env.reset(seed=0)
+    handover = env.text.encode(SHORT.to_student)
+    assert obs["agent_turn"].all()
+    total = torch.zeros(2)
+    for tok in handover:  # both conversations hand over at once: an empty teacher turn
+        obs, r, term, trunc, _ = env.step(torch.tensor([tok, tok]))
+        total += r
+    assert not obs["agent_turn"].any()
+    assert env.teacher_turns == [[""], [""]]
+    # The student now speaks; at the latest after the cap plus the forced hand-back the
+    # teacher gets the turn back, and the reply has been paid (s + 1)/2 = 0.75.
+    steps = 0
+    while not obs["agent_turn"].all():
+        obs, r, term, trunc, _ = env.step(torch.zeros(2, dtype=torch.long))
+        total += r
+        steps += 1
+    assert steps <= 5 + len(env.to_teacher_ids)
+    torch.testing.assert_close(total, torch.full((2,), 0.75))
+    for i in range(2):
+        assert env.transcript(i).endswith(SHORT.to_teacher)
+        assert (
+            env.speaker[i, len(env.prompt_ids) : len(env.prompt_ids) + len(handover)] == AGENT
+        ).all()
+        assert env.speaker[i, env.t - 1] == ENV
+
+
+def test_lockstep_length_and_truncation(tiny_model):
+    env = make_env(tiny_model, n=3, length=40)
+    obs, _ = env.reset(seed=1)
+    n_steps = 0
+    while True:
+        obs, r, term, trunc, _ = env.step(torch.randint(0, 50, (3,)))
+        n_steps += 1
+        if trunc.all():
+            break
+    assert env.t == 40 and n_steps == 40 - len(env.prompt_ids)
+    assert not term.any()
+
+
+def test_same_seed_same_episode(tiny_model):
+    env = make_env(tiny_model, n=2, length=50)
+
+    def play(seed):
+        env.reset(seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            *_, trunc, _ = env.step(torch.randint(0, 300, (2,), generator=g))
+            if trunc.all():
+                return env.ids.clone()
+
+    assert torch.equal(play(3), play(3))
+
+
+def test_gymnasium_env_checker(tiny_model):
+    env = ChatGymEnv(make_env(tiny_model, n=1, length=40))
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    obs, r, term, trunc, info = env.step(env.action_space.sample())
+    assert isinstance(r, float) and info["base_logp"].shape == (env.action_space.n,)

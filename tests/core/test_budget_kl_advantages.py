@@ -1,0 +1,76 @@
+"""Budget accounting, KL estimators, returns and sampling against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from klbudget.core.advantages import normalize, reward_to_go
+from klbudget.core.budget import ramp, spend, step_target
+from klbudget.core.kl import kl_exact, kl_k1, kl_k3
+from klbudget.core.sampling import sample_categorical
+
+
+def test_spend_realized_and_expected():
+    left = torch.tensor([5.0, 0.5, 2.0, 1.0])
+    lr = torch.tensor([1.0, 2.0, -0.5, 3.0])
+    kl = torch.tensor([0.2, 0.4, 0.1, 0.0])
+    active = torch.tensor([True, True, True, False])
+    real = spend(left, mode="realized", log_ratio=lr, kl=kl, active=active)
+    assert real.tolist() == [4.0, 0.0, 2.5, 1.0]  # clamped at 0; a negative ratio refunds
+    exp = spend(left, mode="expected", log_ratio=lr, kl=kl, active=active)
+    torch.testing.assert_close(exp, torch.tensor([4.8, 0.1, 1.9, 1.0]))
+    with pytest.raises(ValueError, match="unknown budget mode"):
+        spend(left, mode="nope", log_ratio=lr, kl=kl, active=active)  # type: ignore[arg-type]
+
+
+def test_step_target_and_ramp():
+    k = step_target(torch.tensor([0.0, math.log(16.0), 100.0]), torch.tensor(17.0))
+    torch.testing.assert_close(k, torch.tensor([1.0, 8.5, 17.0]))
+    assert ramp(10.0, 0.0, 0.5) == 0.0
+    assert ramp(10.0, 0.25, 0.5) == 5.0
+    assert ramp(10.0, 0.9, 0.5) == 10.0
+    assert ramp(10.0, 0.0, 0.0) == 10.0
+
+
+def test_kl_exact_bernoulli_and_no_triangle_inequality():
+    eps = 0.1
+    tau = torch.tensor([1.0, 0.0]).log()  # Bernoulli(0)
+    beta = torch.tensor([1 - eps / 2, eps / 2]).log()
+    pi = beta.clone()
+    assert kl_exact(pi, beta).item() == 0.0
+    assert kl_exact(tau, beta).item() == pytest.approx(-math.log(1 - eps / 2))
+    assert kl_exact(pi, tau).item() == math.inf
+
+
+def test_k1_k3_are_unbiased():
+    g = torch.Generator().manual_seed(0)
+    log_p = torch.tensor([0.5, 0.3, 0.2]).log()
+    log_q = torch.tensor([0.2, 0.3, 0.5]).log()
+    x = sample_categorical(log_p.expand(200_000, 3), g)
+    rho = log_p[x] - log_q[x]
+    exact = kl_exact(log_p, log_q).item()
+    assert kl_k1(rho).mean().item() == pytest.approx(exact, abs=0.01)
+    assert kl_k3(rho).mean().item() == pytest.approx(exact, abs=0.01)
+    assert (kl_k3(rho) >= 0).all()
+
+
+def test_reward_to_go_masks_non_agent_steps():
+    r = torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    g = reward_to_go(r, m)
+    assert g.tolist() == [[3.0, 3.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]]
+    n = normalize(torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(n, torch.tensor([-1.0, 0.0, 1.0]))
+    assert normalize(torch.tensor([4.0])).item() == 0.0
+
+
+def test_sampling_matches_probabilities_and_skips_zeros():
+    g = torch.Generator().manual_seed(1)
+    p = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    x = sample_categorical(p.log().expand(100_000, 6), g)
+    freq = torch.bincount(x, minlength=6).float() / x.numel()
+    assert freq[p == 0].sum().item() == 0.0
+    torch.testing.assert_close(freq, p, atol=0.006, rtol=0)
