@@ -1,0 +1,625 @@
+"""`klbudget report`: runs side by side in one self-contained HTML file.
+
+The report is rebuilt from run folders alone (docs/run-folder.md): metrics are recomputed
+from the records with :func:`klbudget.evaluation.summary.compute_all` (exactly what
+`eval/metrics.json` would hold; the run folder is not written), training curves come from
+`episodes.jsonl`, the configuration from `config.toml`, transcripts from `eval/`.
+
+Self-contained and inert: CSS is inline, figures are base64 PNG data URLs (also saved as
+PNG files in `<out_stem>_files/`), there is no JavaScript at all and a Content-Security-Policy
+forbids any, so nothing in the file can run or reach the network. Every piece of text from a
+run folder goes through :mod:`klbudget.report.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import html
+import json
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from klbudget.envs.format import ChatFormat
+from klbudget.evaluation.metrics import empty_turn_fraction, kl_to_base
+from klbudget.evaluation.records import Episode, RecordError, load_episodes, split_turns
+from klbudget.evaluation.summary import (
+    compute_all,
+    eval_files,
+    from_jsonable,
+    to_jsonable,
+    write_text_atomic,
+)
+from klbudget.report.escape import html_attr, html_text, visible
+from klbudget.report.plots import PLOTS, POLICY_NAME, eval_keys, shortest_set
+
+# Per-token KL(π‖β) colour scale: bin upper edges (nats) and background colours
+# (ColorBrewer YlOrBr), dark bins get white text so tokens stay readable.
+KL_EDGES = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+KL_COLOURS = (
+    "#ffffff",
+    "#fff7bc",
+    "#fee391",
+    "#fec44f",
+    "#fe9929",
+    "#ec7014",
+    "#cc4c02",
+    "#8c2d04",
+)
+_DARK_BINS = (6, 7)
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+RUN_MARKERS = ("config.toml", "metrics.jsonl", "episodes.jsonl", "eval")
+
+
+class ReportError(ValueError):
+    """A run folder that cannot be reported on; the message is a single line."""
+
+
+@dataclass
+class RunData:
+    """What the report knows about one run, read from its folder."""
+
+    label: str  # unique display name
+    path: Path
+    config: dict[str, Any] | None
+    metrics: dict[str, Any]  # compute_all's result, as metrics.json would hold it
+    samples: list[tuple[str, Episode]] = field(default_factory=list)  # (caption, episode)
+    notes: list[str] = field(default_factory=list)  # what is missing
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_run(path: Path, *, fmt: ChatFormat | None = None, n_samples: int = 2) -> RunData:
+    """Read one run folder; ReportError when it is not one or a record is malformed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a run folder (no such directory)")
+    if not any((path / name).exists() for name in RUN_MARKERS):
+        raise ReportError(f"{path}: not a run folder (none of {', '.join(RUN_MARKERS)} found)")
+    notes: list[str] = []
+    config = None
+    if (path / "config.toml").exists():
+        try:
+            config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ReportError(f"{path / 'config.toml'}: invalid TOML ({e})") from e
+    else:
+        notes.append("no config.toml")
+    try:
+        raw = compute_all(path, fmt=fmt, write=False)
+        # Round-trip through metrics.json's encoding: the report shows what the file holds.
+        metrics = from_jsonable(json.loads(json.dumps(to_jsonable(raw))))
+        samples = _samples(path, n_samples)
+    except RecordError as e:
+        raise ReportError(str(e)) from e
+    if metrics["training"] is None:
+        notes.append("no training records (episodes.jsonl, metrics.jsonl)")
+    if not metrics["eval"]:
+        notes.append("no eval episodes (eval/episodes_<policy>_L<length>.jsonl)")
+    return RunData(path.resolve().name, path, config, metrics, samples, notes)
+
+
+def _samples(path: Path, n: int) -> list[tuple[str, Episode]]:
+    """The first `n` agent episodes at the shortest eval length and one base episode there;
+    without eval records, the last training episode."""
+    files = eval_files(path)
+    agent = sorted(k for k in files if k[0] == "agent")
+    out: list[tuple[str, Episode]] = []
+    if agent:
+        length = agent[0][1]
+        out += [("eval", e) for e in load_episodes(files[("agent", length)])[:n]]
+        if ("base", length) in files:
+            out += [("eval", e) for e in load_episodes(files[("base", length)])[:1]]
+    elif (path / "episodes.jsonl").exists():
+        out += [("training", e) for e in load_episodes(path / "episodes.jsonl")[-1:]]
+    return out
+
+
+def _unique_labels(runs: list[RunData]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        k = seen.get(run.label, 0)
+        seen[run.label] = k + 1
+        if k:
+            run.label = f"{run.label} ({k + 1})"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def get(obj: Any, key: str) -> Any:
+    """`obj["a"]["b"]...` for key "a.b..."; None when any step is missing."""
+    for part in key.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def fmt_num(x: Any) -> str:
+    """A number for a table: 4 significant digits, ∞ for infinity, — for no value."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if math.isinf(x):
+            return "∞" if x > 0 else "−∞"
+        return f"{x:.4g}"
+    return html_text(str(x))
+
+
+def cell(run: RunData, key: str) -> str:
+    """A table cell for metric `key` of `run`, tagged with the key and the exact value."""
+    v = get(run.metrics, key)
+    exact = "" if v is None else f' data-value="{html_attr(repr(v))}"'
+    return (
+        f'<td data-run="{html_attr(run.label)}" data-key="{html_attr(key)}"{exact}>'
+        f"{fmt_num(v)}</td>"
+    )
+
+
+def run_header(runs: Sequence[RunData], first: str = "") -> str:
+    heads = "".join(f'<th scope="col">{html_text(r.label)}</th>' for r in runs)
+    return f"<thead><tr><th>{first}</th>{heads}</tr></thead>"
+
+
+def metric_rows(runs: Sequence[RunData], rows: Sequence[tuple[str, str]]) -> str:
+    return "".join(
+        f'<tr><th scope="row">{name}</th>{"".join(cell(r, key) for r in runs)}</tr>'
+        for key, name in rows
+    )
+
+
+def policy_name(policy: str) -> str:
+    """HTML display name of a policy ("agent π", "base β", "τ", or the escaped name)."""
+    return html_text(POLICY_NAME.get(policy, policy))
+
+
+def set_title(policy: str, length: int) -> str:
+    return f"{policy_name(policy)}, L = {length}"
+
+
+# ----------------------------------------------------------------------------- sections
+
+TRAINING_ROWS = (
+    ("training.updates", "PPO updates"),
+    ("training.agent_steps", "agent steps"),
+    ("training.episodes", "training episodes"),
+    ("training.reward.mean", "return, mean"),
+    ("training.empty_turn_frac.mean", "empty-turn fraction, mean"),
+    ("training.kl_to_base.exact.mean", "KL(π‖β) exact, mean per episode"),
+)
+SET_ROWS = (
+    ("episodes", "episodes"),
+    ("reward.mean", "return, mean"),
+    ("reward.q50", "return, median"),
+    ("empty_turn_frac.mean", "empty-turn fraction, mean"),
+    ("kl_to_base.exact.mean", "KL(π‖β) exact, mean per episode"),
+    ("kl_to_base.realized.mean", "KL(π‖β) realized (Σ log-ratio), mean"),
+    ("kl_to_base.exact_max", "KL(π‖β) exact, max"),
+    ("kl_to_base.over_budget_frac", "episodes over budget"),
+    ("tau_support.violation_share", "τ-support violations (share of teacher turns)"),
+    ("tau_support.kl_pi_tau_mean", "KL(π‖τ), mean per episode"),
+    ("tau_support.kl_in_support_mean", "KL(π‖τ) over in-support turns, mean"),
+    ("help_rate", "help rate (share of agent steps)"),
+)
+
+
+def summary_section(runs: Sequence[RunData]) -> str:
+    body = [f'<tr class="group"><th colspan="{len(runs) + 1}">training</th></tr>']
+    body.append(metric_rows(runs, TRAINING_ROWS))
+    for policy, length in eval_keys([(r.label, r.metrics) for r in runs]):
+        prefix = f"eval.{policy}_L{length}."
+        body.append(
+            f'<tr class="group"><th colspan="{len(runs) + 1}">eval: '
+            f"{set_title(policy, length)}</th></tr>"
+        )
+        body.append(metric_rows(runs, [(prefix + k, name) for k, name in SET_ROWS]))
+    policies = sorted(
+        {p for r in runs for p in (get(r.metrics, "calibration") or {}) if p != "agent_minus_base"}
+    )
+    body.append(
+        f'<tr class="group"><th colspan="{len(runs) + 1}">calibration (held-out '
+        "log-loss, nats per teacher token)</th></tr>"
+    )
+    cal = [(f"calibration.{p}.loss", policy_name(p)) for p in policies]
+    body.append(metric_rows(runs, [*cal, ("calibration.agent_minus_base", "agent − base")]))
+    return (
+        '<section id="summary"><h2>Summary</h2>'
+        "<p>One column per run. — means the records for a metric are absent.</p>"
+        f'<table class="summary">{run_header(runs, "metric")}<tbody>{"".join(body)}'
+        "</tbody></table></section>"
+    )
+
+
+def empty_frac_table(runs: Sequence[RunData]) -> str:
+    rows = []
+    for policy, length in eval_keys([(r.label, r.metrics) for r in runs]):
+        key = f"eval.{policy}_L{length}.empty_turn_frac"
+        cells = []
+        for r in runs:
+            st = get(r.metrics, key)
+            text = (
+                "—"
+                if st is None
+                else (
+                    f"{fmt_num(st['mean'])} [{fmt_num(st['q25'])}, {fmt_num(st['q75'])}] "
+                    f"<small>n={st['n']}</small>"
+                )
+            )
+            cells.append(f"<td>{text}</td>")
+        rows.append(f'<tr><th scope="row">{set_title(policy, length)}</th>{"".join(cells)}</tr>')
+    return _table(runs, "eval set", rows, "mean [q25, q75] across episodes")
+
+
+def kl_nth_table(runs: Sequence[RunData], max_n: int = 10) -> str:
+    per_run = []
+    for r in runs:
+        s = shortest_set(r.metrics, "agent")
+        per_run.append({row["n"]: row for row in (s or {}).get("kl_cost_nth_empty") or []})
+    ns = sorted({n for d in per_run for n in d})[:max_n]
+    rows = []
+    for n in ns:
+        cells = []
+        for d in per_run:
+            row = d.get(n)
+            cells.append(
+                "<td>—</td>"
+                if row is None
+                else (
+                    f"<td>{fmt_num(row['q50'])} [{fmt_num(row['q25'])}, {fmt_num(row['q75'])}] "
+                    f"<small>n={row['n_episodes']}</small></td>"
+                )
+            )
+        rows.append(f'<tr><th scope="row">{n}</th>{"".join(cells)}</tr>')
+    return _table(runs, "n", rows, "agent, shortest eval length: median [q25, q75] nats")
+
+
+def length_table(runs: Sequence[RunData]) -> str:
+    rows = [
+        f"<tr><td>{html_text(r.label)}</td><td>{policy_name(e['policy'])}"
+        f"</td><td>{e['L']}</td><td>{e['L2']}</td><td>{fmt_num(e['empty_frac_L'])}</td>"
+        f"<td>{fmt_num(e['empty_frac_2L'])}</td><td>{fmt_num(e['delta'])}</td></tr>"
+        for r in runs
+        for e in r.metrics.get("length_effect") or []
+    ]
+    if not rows:
+        return ""
+    head = (
+        "<tr><th>run</th><th>policy</th><th>L</th><th>2L</th><th>empty frac at L</th>"
+        "<th>at 2L</th><th>2L − L</th></tr>"
+    )
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def ledger_table(runs: Sequence[RunData]) -> str:
+    parts = []
+    for r in runs:
+        ledgers = {
+            p: (shortest_set(r.metrics, p) or {}).get("ledger") for p in ("tau", "base", "agent")
+        }
+        if not any(ledgers.values()):
+            continue
+        classes = sorted({c for led in ledgers.values() for c in led or {}})
+        head = "".join(f"<th>{html_text(POLICY_NAME[p])}</th>" for p in ledgers)
+        rows = "".join(
+            f'<tr><th scope="row">{html_text(c)}</th>'
+            + "".join(
+                f"<td>{fmt_num(None if led is None else led.get(c, 0.0))}</td>"
+                for led in ledgers.values()
+            )
+            + "</tr>"
+            for c in classes
+        )
+        parts.append(
+            f"<table><caption>{html_text(r.label)}</caption><thead><tr><th>class</th>{head}"
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return '<div class="tables">' + "".join(parts) + "</div>" if parts else ""
+
+
+def repetition_table(runs: Sequence[RunData]) -> str:
+    cols = [
+        (r, p, (shortest_set(r.metrics, p) or {}).get("repetition"))
+        for r in runs
+        for p in ("agent", "base", "tau")
+    ]
+    cols = [c for c in cols if c[2]]
+    if not cols:
+        return ""
+    head = "".join(
+        f"<th>{html_text(r.label)}<br>{html_text(POLICY_NAME[p])}</th>" for r, p, _ in cols
+    )
+    rows = "".join(
+        f'<tr><th scope="row">{n}</th>'
+        + "".join(f"<td>{fmt_num(rep.get(str(n)))}</td>" for _, _, rep in cols)
+        + "</tr>"
+        for n in range(1, 11)
+    )
+    return f"<table><thead><tr><th>n</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _table(runs: Sequence[RunData], first: str, rows: list[str], caption: str) -> str:
+    if not rows:
+        return ""
+    return (
+        f"<table><caption>{caption}</caption>{run_header(runs, first)}"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+DESCRIPTIONS = {
+    "training": "Return of training episodes in consecutive groups, in training order: median "
+    "with the 10–90 % band; right: mean per-episode empty-turn fraction.",
+    "empty_frac": "Empty teacher turns / completed teacher turns, per episode, for the agent "
+    "π, the base policy β acting alone (budget 0) and the trusted policy τ.",
+    "kl_nth_empty": "Σ KL(π‖β) over the tokens of the n-th empty turn of an episode, "
+    "quartiles across the episodes that have at least n empty turns.",
+    "length_effect": "Mean empty-turn fraction of the same policy at episode length L and 2L.",
+    "ledger": "Share of teacher turns in each behaviour class (τ's classes, empty, novel) "
+    "under τ, β and π.",
+    "repetition": "Share of teacher n-grams (within a teacher turn, over token ids) that "
+    "repeat an earlier teacher n-gram of the same transcript.",
+    "calibration": "Mean −log p of each teacher token of held-out demonstrations under "
+    "teacher forcing (nats per token).",
+}
+TABLES = {
+    "empty_frac": empty_frac_table,
+    "kl_nth_empty": kl_nth_table,
+    "length_effect": length_table,
+    "ledger": ledger_table,
+    "repetition": repetition_table,
+}
+
+
+def plot_section(name: str, title: str, png: bytes | None, table: str) -> str:
+    if png is None:
+        fig = '<p class="none">No run has the records for this figure.</p>'
+    else:
+        data = base64.b64encode(png).decode("ascii")
+        fig = f'<img alt="{html_attr(title)}" src="data:image/png;base64,{data}">'
+    return (
+        f'<section id="{name}"><h2>{html_text(title)}</h2>'
+        f"<p>{html_text(DESCRIPTIONS.get(name, ''))}</p>{fig}{table}</section>"
+    )
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_section(runs: Sequence[RunData]) -> str:
+    flat = [flatten(r.config) if r.config is not None else None for r in runs]
+    keys = sorted({k for f in flat if f for k in f})
+    missing = object()
+    differ = (
+        [k for k in keys if len({repr(f.get(k, missing)) if f else "?" for f in flat}) > 1]
+        if len(runs) > 1
+        else []
+    )
+    parts = ['<section id="config"><h2>Configuration</h2>']
+    if differ:
+        rows = "".join(
+            f'<tr><th scope="row">{html_text(k)}</th>'
+            + "".join(f"<td>{html_text(repr(f[k])) if f and k in f else '—'}</td>" for f in flat)
+            + "</tr>"
+            for k in differ
+        )
+        parts.append(
+            f"<table><caption>keys that differ between runs</caption>"
+            f"{run_header(runs, 'key')}<tbody>{rows}</tbody></table>"
+        )
+    elif len(runs) > 1:
+        parts.append("<p>The runs' configurations do not differ.</p>")
+    for r, f in zip(runs, flat, strict=True):
+        if f is None:
+            parts.append(f"<p>{html_text(r.label)}: no config.toml.</p>")
+            continue
+        rows = "".join(
+            f'<tr><th scope="row">{html_text(k)}</th><td>{html_text(repr(v))}</td></tr>'
+            for k, v in f.items()
+        )
+        parts.append(
+            f"<details><summary>{html_text(r.label)}: full configuration</summary>"
+            f"<table>{rows}</table></details>"
+        )
+    return "".join(parts) + "</section>"
+
+
+# ----------------------------------------------------------------------------- transcripts
+
+
+def kl_bin(kl: float) -> int:
+    """Index of the colour bin of a per-token KL."""
+    return bisect.bisect_right(KL_EDGES, kl)
+
+
+def legend_html() -> str:
+    labels = [f"&lt; {KL_EDGES[0]:g}"]
+    labels += [f"{a:g} – {b:g}" for a, b in zip(KL_EDGES, KL_EDGES[1:], strict=False)]
+    labels.append(f"≥ {KL_EDGES[-1]:g}")
+    swatches = "".join(f'<span class="sw k{i}">{t}</span>' for i, t in enumerate(labels))
+    return (
+        '<div class="legend"><strong>KL(π‖β) of each teacher token, nats:</strong> '
+        f'{swatches}<br><span class="prompt">prompt</span> '
+        '<span class="student">student (not coloured)</span> '
+        '<span class="turn teacher empty">empty teacher turn</span> '
+        '<sup class="rw">r</sup> reward of a student reply '
+        '<span class="tok help">token</span> written by the demonstrator (help) '
+        '<span class="ctl">\\x07</span> <span class="ctl">↵</span> control characters '
+        "shown as escapes</div>"
+    )
+
+
+def transcript_html(episode: Episode, fmt: ChatFormat | None = None) -> str:
+    """The transcript with each teacher token on a background coloured by its KL(π‖β);
+    hover shows the exact numbers. All token text is escaped."""
+    rewards = dict(episode.rewards)
+    parts: list[str] = []
+    tokens = episode.tokens
+
+    def token_span(i: int) -> str:
+        t = tokens[i]
+        tip = f"KL(π‖β) = {t.kl:.4g} nats, log-ratio = {t.log_ratio:.4g}"
+        if t.kl_tau is not None:
+            tip += f", KL(π‖τ) = {t.kl_tau:.4g}"
+        if t.help:
+            tip += ", written by the demonstrator"
+        help_cls = " help" if t.help else ""
+        span = (
+            f'<span class="tok k{kl_bin(t.kl)}{help_cls}" title="{html_attr(tip)}">'
+            f"{html_text(t.text)}</span>"
+        )
+        return span + _reward(rewards, i)
+
+    prompt = [i for i, t in enumerate(tokens) if t.speaker == "prompt"]
+    if prompt:
+        parts.append(
+            f'<span class="prompt">{html_text("".join(tokens[i].text for i in prompt))}</span>'
+        )
+    for turn in split_turns(episode, fmt):
+        if turn.speaker == "teacher":
+            cls = "turn teacher empty" if turn.empty else "turn teacher"
+            inner = "".join(token_span(i) for i in range(turn.start, turn.end))
+        else:
+            cls = "turn student"
+            inner = "".join(
+                html_text(tokens[i].text) + _reward(rewards, i) for i in range(turn.start, turn.end)
+            )
+        parts.append(f'<span class="{cls}">{inner}</span>')
+    return f'<div class="transcript">{"".join(parts)}</div>'
+
+
+def _reward(rewards: dict[int, float], i: int) -> str:
+    return f'<sup class="rw">r {rewards[i]:.3g}</sup>' if i in rewards else ""
+
+
+def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
+    parts = ['<section id="transcripts"><h2>Sample transcripts</h2>', legend_html()]
+    for r in runs:
+        for source, e in r.samples:
+            exact, realized = kl_to_base(e)
+            frac = empty_turn_fraction(e, fmt)
+            head = (
+                f"{html_text(r.label)} · {source} · {policy_name(e.policy)}"
+                f" · L = {e.length} · episode {e.episode} · return {fmt_num(e.return_)}"
+                f" · KL(π‖β) exact {fmt_num(exact)}, realized {fmt_num(realized)}"
+                f" · empty-turn fraction {fmt_num(frac)}"
+            )
+            parts.append(f"<h3>{head}</h3>{transcript_html(e, fmt)}")
+        if not r.samples:
+            parts.append(f"<p>{html_text(r.label)}: no episode records to show.</p>")
+    return "".join(parts) + "</section>"
+
+
+# ----------------------------------------------------------------------------- page
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+ margin:0 auto;max-width:1200px;padding:1em 2em;color:#222;background:#fff}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
+h3{font-size:1em;font-weight:600;margin:1.2em 0 .3em}
+nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
+th[scope=row],tbody th{text-align:left;font-weight:normal}
+thead th{background:#f3f3f3}
+caption{text-align:left;font-weight:600;padding:2px 0;white-space:nowrap}
+tr.group th{background:#eef3fa;text-align:left;font-weight:600}
+.tables{display:flex;flex-wrap:wrap;gap:1.5em}
+img{max-width:100%;height:auto;display:block;margin:.4em 0}
+.none,.notes{color:#777}
+details{margin:.4em 0}summary{cursor:pointer}
+.transcript{font:13px/1.9 ui-monospace,"DejaVu Sans Mono",monospace;white-space:pre-wrap;
+ word-break:break-word;border:1px solid #ddd;padding:.6em;background:#fafafa}
+.prompt{color:#888}.student,.turn.student{color:#1f4e8c}
+.turn.teacher.empty{outline:2px dashed #c00;outline-offset:1px}
+.tok{border-radius:2px;box-shadow:inset -1px 0 0 rgba(0,0,0,.12)}
+.tok.help{text-decoration:underline wavy #2a7}
+.ctl{color:#a0a;background:#f4e8f4;font-size:.85em;border-radius:2px}
+.rw{color:#070;font-size:.7em;margin-left:1px}
+.legend{margin:.5em 0 1em;line-height:2.2}
+.sw{padding:2px 6px;margin-right:2px;border:1px solid #ccc;font-size:12px}
+""" + "".join(
+    f".k{i}{{background:{c}{';color:#fff' if i in _DARK_BINS else ''}}}"
+    for i, c in enumerate(KL_COLOURS)
+)
+
+
+def render(
+    runs: Sequence[RunData], plots: dict[str, bytes | None], fmt: ChatFormat | None = None
+) -> str:
+    """The whole HTML page."""
+    names = ", ".join(html_text(r.label) for r in runs)
+    listing = "".join(
+        f"<li><strong>{html_text(r.label)}</strong>: <code>{html_text(str(r.path))}</code>"
+        + (f' <span class="notes">({html_text("; ".join(r.notes))})</span>' if r.notes else "")
+        + "</li>"
+        for r in runs
+    )
+    sections = [summary_section(runs), config_section(runs)]
+    for name, title, _ in PLOTS:
+        table = TABLES[name](runs) if name in TABLES else ""
+        sections.append(plot_section(name, title, plots.get(name), table))
+    sections.append(transcripts_section(runs, fmt))
+    nav = "".join(
+        f'<a href="#{n}">{html_text(t)}</a>'
+        for n, t in [
+            ("summary", "Summary"),
+            ("config", "Configuration"),
+            *[(n, t) for n, t, _ in PLOTS],
+            ("transcripts", "Transcripts"),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>klbudget report: {html.escape(visible(', '.join(r.label for r in runs)))}"
+        f"</title><style>{STYLE}</style></head><body>"
+        f"<h1>klbudget report</h1><p>Runs: {names}. Every number is recomputed from the run "
+        f"folders' records.</p><ul>{listing}</ul><nav>{nav}</nav>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+
+
+def build_report(
+    run_dirs: Sequence[Path], out: Path, *, fmt: ChatFormat | None = None, n_samples: int = 2
+) -> Path:
+    """Write a self-contained HTML report comparing `run_dirs` to `out`, and its figures as
+    PNG files to `<out_stem>_files/`. Returns `out`. ReportError for a bad run folder."""
+    if not run_dirs:
+        raise ReportError("no run folder given")
+    out = Path(out)
+    if out.is_dir():
+        raise ReportError(f"{out}: is a directory, expected an .html file path")
+    runs = [load_run(Path(p), fmt=fmt, n_samples=n_samples) for p in run_dirs]
+    _unique_labels(runs)
+    labelled = [(r.label, r.metrics) for r in runs]
+    plots = {name: fn(labelled) for name, _, fn in PLOTS}
+    files = out.with_name(out.stem + "_files")
+    files.mkdir(parents=True, exist_ok=True)
+    for name, png in plots.items():
+        target = files / f"{name}.png"
+        if png is None:
+            target.unlink(missing_ok=True)  # a figure from an older report would mislead
+        else:
+            target.write_bytes(png)
+    write_text_atomic(out, render(runs, plots, fmt))
+    return out

@@ -1,0 +1,246 @@
+"""build_report: self-contained HTML from run folders, hostile text, hand-edited records."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from klbudget.evaluation.handmade import HAND_BACK, HAND_OVER, EpisodeBuilder, write_run
+from klbudget.evaluation.summary import compute_all
+from klbudget.report.html import ReportError, build_report
+from klbudget.report.plots import PLOTS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HOSTILE_TOKENS = [
+    "<script>alert(1)</script>",
+    "</div>",
+    "\"double\" 'single'",
+    "".join(chr(c) for c in range(32)),
+    "\u202e\ud800",
+]
+
+
+class Page(HTMLParser):
+    """The parts of a report the tests look at."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.cells: dict[tuple[str, str], str | None] = {}
+        self.opened: dict[str, int] = {}
+        self.closed: dict[str, int] = {}
+        self.images: list[str] = []
+        self.text: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.opened[tag] = self.opened.get(tag, 0) + 1
+        if tag == "td" and "data-key" in a:
+            self.cells[(a["data-run"] or "", a["data-key"] or "")] = a.get("data-value")
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        self.closed[tag] = self.closed.get(tag, 0) + 1
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def value(self, run: str, key: str) -> float | None:
+        raw = self.cells[(run, key)]
+        return None if raw is None else float(raw)
+
+
+def agent_records() -> list[dict]:
+    """Two agent episodes. Episode 0: teacher turns [content KL 0.6, empty KL 1.0, content
+    " Good" KL 0.1, empty KL 0.25, unfinished KL 0.5]; episode 1: [empty KL 2.0, content
+    KL 0.6]."""
+    b0 = EpisodeBuilder(episode=0, length=32)
+    b0.teacher([" Hi", " there", HAND_OVER], kl=[0.1, 0.2, 0.3], reward=0.5)
+    b0.student([" ok", HAND_BACK]).teacher([HAND_OVER], kl=[1.0], reward=0.7)
+    b0.student([" yes", HAND_BACK]).teacher([" Good", HAND_OVER], kl=[0.05, 0.05], reward=0.9)
+    b0.student([" hm", HAND_BACK]).teacher([HAND_OVER], kl=[0.25], reward=0.4)
+    b0.student([" k", HAND_BACK]).teacher([" So"], kl=[0.5])
+    b1 = EpisodeBuilder(episode=1, length=32)
+    b1.teacher([HAND_OVER], kl=[2.0], reward=0.6).student([" hey", HAND_BACK])
+    b1.teacher([" Yes", HAND_OVER], kl=[0.5, 0.1], reward=0.8).student([" fine", HAND_BACK])
+    return [b0.record(), b1.record()]
+
+
+def make_run(path: Path, **extra: object) -> Path:
+    base = EpisodeBuilder(policy="base", length=32, budget=0.0)
+    base.teacher([" Hello", HAND_OVER], reward=0.5).student([" hi", HAND_BACK])
+    return write_run(
+        path,
+        config={"train": {"budget": 10.0, "length": 32}},
+        episodes=agent_records(),
+        # Deliberately wrong trainer summary: the report must not use it.
+        metrics_rows=[{"time/agent_steps": 64, "episodes/empty_turn_frac": 0.99}],
+        eval_episodes={("agent", 32): agent_records(), ("base", 32): [base.record()]},
+        heldout={"agent": [{"transcript": 0, "teacher_logp": [-1.0, -2.0], "n": 2}]},
+        **extra,
+    )
+
+
+def edit_line(path: Path, line: int, edit) -> None:
+    """Change one record of a JSONL file in place, as a person would with an editor."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rec = json.loads(lines[line])
+    edit(rec)
+    lines[line] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One report of the standard run, shared by the read-only tests below."""
+    tmp = tmp_path_factory.mktemp("built")
+    out = build_report([make_run(tmp / "runA")], tmp / "out" / "report.html")
+    return out, out.read_text(encoding="utf-8")
+
+
+def test_report_is_self_contained(built: tuple[Path, str]) -> None:
+    out, html = built
+    page = Page(html)
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.I)
+    assert "Content-Security-Policy" in html
+    saved = sorted((out.parent / "report_files").glob("*.png"))
+    assert len(page.images) == len(saved) >= 5
+    names = [name for name, _, _ in PLOTS]
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png.startswith(PNG_MAGIC)
+        assert any(png == p.read_bytes() for p in saved)  # the same figure beside the page
+    assert {p.stem for p in saved} <= set(names)
+    # Every <section>/<table>/<div> that opens also closes.
+    for tag in ("section", "table", "div", "span"):
+        assert page.opened.get(tag) == page.closed.get(tag), tag
+
+
+def test_summary_shows_numbers_from_records(built: tuple[Path, str]) -> None:
+    page = Page(built[1])
+    assert page.value("runA", "eval.agent_L32.empty_turn_frac.mean") == 0.5
+    assert page.value("runA", "eval.agent_L32.kl_to_base.exact.mean") == pytest.approx(2.525)
+    assert page.value("runA", "training.empty_turn_frac.mean") == 0.5  # not the 0.99 row
+    assert page.value("runA", "calibration.agent.loss") == 1.5
+    assert page.value("runA", "eval.agent_L32.help_rate") is None  # not annotated: shown as —
+    assert page.value("runA", "training.agent_steps") == 64
+
+
+def test_hand_edited_records_change_the_numbers_as_predicted(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runA")
+    before = compute_all(run)["eval"]["agent_L32"]
+    assert before["empty_turn_frac"]["mean"] == 0.5  # (2/4 + 1/2) / 2
+    assert before["kl_to_base"]["exact"]["mean"] == pytest.approx((2.45 + 2.6) / 2)
+    assert [r["q50"] for r in before["kl_cost_nth_empty"]] == [1.5, 0.25]
+
+    agent_file = run / "eval" / "episodes_agent_L32.jsonl"
+
+    def blank_good(rec: dict) -> None:  # " Good" → " ": episode 0's third turn is now empty
+        (tok,) = [t for t in rec["tokens"] if t["text"] == " Good"]
+        tok["text"] = " "
+
+    def raise_kl(rec: dict) -> None:  # episode 1's first empty turn: KL 2.0 → 3.0
+        (tok,) = [t for t in rec["tokens"] if t["speaker"] == "agent"][:1]
+        tok["kl"] = 3.0
+
+    edit_line(agent_file, 0, blank_good)
+    edit_line(agent_file, 1, raise_kl)
+
+    after = compute_all(run)["eval"]["agent_L32"]
+    # Episode 0: 3 of 4 completed turns empty; episode 1 unchanged at 1/2.
+    assert after["empty_turn_frac"]["mean"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    # Episode 1's exact KL: 2.6 + 1.0.
+    assert after["kl_to_base"]["exact"]["mean"] == pytest.approx((2.45 + 3.6) / 2)
+    # n = 1: episode 0's 1.0 and episode 1's 3.0; n = 2: the blanked turn (0.05 + 0.05);
+    # n = 3: episode 0's last empty turn.
+    assert [r["q50"] for r in after["kl_cost_nth_empty"]] == pytest.approx([2.0, 0.1, 0.25])
+    assert [r["n_episodes"] for r in after["kl_cost_nth_empty"]] == [2, 1, 1]
+    saved = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["eval"]["agent_L32"]["empty_turn_frac"]["mean"] == pytest.approx(0.625)
+
+    html = build_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    page = Page(html)
+    assert page.value("runA", "eval.agent_L32.empty_turn_frac.mean") == pytest.approx(0.625)
+    assert page.value("runA", "eval.agent_L32.kl_to_base.exact.mean") == pytest.approx(3.025)
+    assert "episode 0 · return 2.5 · KL(π‖β) exact 2.45, realized 2.45 · empty-turn " \
+        "fraction 0.75" in html  # fmt: skip
+
+
+def test_hostile_text_is_shown_not_run(tmp_path: Path) -> None:
+    b = EpisodeBuilder(length=32)
+    b.teacher([*HOSTILE_TOKENS, HAND_OVER], kl=[0.5] * 6, cls='<i>"x"</i>', in_support=True)
+    b.student(["</span></div><script>alert(2)</script>", HAND_BACK])
+    run = write_run(
+        tmp_path / "<img src=x onerror=alert(3)>",
+        config={"note": "</td><script>alert(4)</script>", "<b>": 1},
+        eval_episodes={("agent", 32): [b.record()]},
+    )
+    html = build_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    page = Page(html)
+
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;/span&gt;&lt;/div&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(3)&gt;" in html and "<img src=x" not in html
+    assert "&lt;/td&gt;&lt;script&gt;alert(4)" in html
+    assert "&lt;i&gt;&quot;x&quot;&lt;/i&gt;" in html
+    assert "&quot;double&quot; &#x27;single&#x27;" in html
+    # Control characters: none raw in the page, each shown as a visible escape.
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u202e]", html)
+    for c in [*range(0, 9), *range(11, 32)]:
+        expected = {9: "\\t", 13: "\\r"}.get(c, f"\\x{c:02x}")
+        assert f'<span class="ctl">{expected}</span>' in html
+    assert '<span class="ctl">\\u202e</span><span class="ctl">\\ud800</span>' in html
+    # As a browser would read it: the markup is text, and the page structure is intact.
+    text = "".join(page.text)
+    assert "<script>alert(1)</script>" in text and "</span></div><script>alert(2)" in text
+    for tag in ("div", "span", "table", "section", "td"):
+        assert page.opened.get(tag) == page.closed.get(tag), tag
+
+
+def test_runs_side_by_side_and_missing_eval(tmp_path: Path) -> None:
+    full = make_run(tmp_path / "a" / "run")
+    bare = write_run(tmp_path / "b" / "run", config={"train": {"budget": 20.0, "length": 32}},
+                     metrics_rows=[{"time/agent_steps": 8}])  # fmt: skip
+    html = build_report([full, bare], tmp_path / "r.html").read_text(encoding="utf-8")
+    page = Page(html)
+    # Same folder name twice: the second gets a suffix; one column each.
+    assert page.value("run", "eval.agent_L32.empty_turn_frac.mean") == 0.5
+    assert page.value("run (2)", "eval.agent_L32.empty_turn_frac.mean") is None
+    assert page.value("run (2)", "training.agent_steps") == 8
+    assert "no eval episodes" in html
+    assert '<th scope="row">train.budget</th><td>10.0</td><td>20.0</td>' in html
+
+    only_bare = build_report([bare], tmp_path / "bare.html").read_text(encoding="utf-8")
+    assert "No run has the records for this figure." in only_bare
+    assert "no episode records to show" in only_bare
+
+
+def test_bad_run_folders(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="no such directory"):
+        build_report([tmp_path / "nope"], tmp_path / "r.html")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="not a run folder"):
+        build_report([tmp_path / "empty"], tmp_path / "r.html")
+    run = make_run(tmp_path / "runA")
+    edit_line(run / "eval" / "episodes_agent_L32.jsonl", 1, lambda r: r.pop("rewards"))
+    with pytest.raises(ReportError, match=r"episodes_agent_L32\.jsonl:2: missing key 'rewards'"):
+        build_report([run], tmp_path / "r.html")
+    (run / "config.toml").write_text("x = [", encoding="utf-8")
+    with pytest.raises(ReportError, match="invalid TOML") as info:
+        build_report([run], tmp_path / "r.html")
+    assert "\n" not in str(info.value)
+    assert issubclass(ReportError, ValueError)
+    assert not (tmp_path / "r.html").exists()
