@@ -55,12 +55,43 @@ def _theory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from klbudget.pipelines.demo import run_demo
+
+    run_demo(Path(args.out), model_dir=Path(args.model_dir), overrides=args.set)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from klbudget.report.html import build_report
+
+    out = build_report([Path(r) for r in args.runs], Path(args.out))
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="klbudget",
         description="KL-budgeted RL of language models against imitative base policies.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the default demo: a short budgeted run and its report")
+    d.add_argument("--out", required=True, help="folder for the demo's outputs")
+    d.add_argument(
+        "--model-dir",
+        default="models/smollm2",
+        help="base model folder (SmolLM2 is converted into it when missing)",
+    )
+    d.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field of the cpu preset (repeatable)",
+    )
+    d.set_defaults(func=_demo)
 
     t = sub.add_parser("train", help="train a KL-budgeted agent with PPO")
     t.add_argument("--config", help="TOML config (default: the cpu preset)")
@@ -82,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_models)
 
+    r = sub.add_parser("report", help="self-contained HTML report of one or more run folders")
+    r.add_argument("runs", nargs="+", help="run folders, shown side by side")
+    r.add_argument("--out", required=True, help="HTML file to write (PNGs go beside it)")
+    r.set_defaults(func=_report)
+
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)
     th.add_argument("--seed", type=int, default=0)
@@ -93,10 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     from klbudget.base.convert import ConversionError
     from klbudget.base.hf import ModelLoadError
     from klbudget.config import ConfigError
+    from klbudget.evaluation.records import RecordError
+    from klbudget.report.html import ReportError
     from klbudget.runs.folder import RunFolderError
 
     args = build_parser().parse_args(argv)
-    bad_input = (UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError)
+    bad_input = (
+        UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError, ReportError,
+        RecordError,
+    )  # fmt: skip
     try:
         return int(args.func(args))
     except bad_input as err:

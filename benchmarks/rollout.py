@@ -1,0 +1,128 @@
+"""Rollout throughput: how much of a rollout is the base model's forward pass?
+
+    python benchmarks/rollout.py --tiny 1m --batch 16 64
+    python benchmarks/rollout.py --model models/smollm2 --batch 16 --length 160
+
+Prints, per batch size: agent tokens/s, total tokens/s (all conversations, prompt
+excluded), the share of rollout wall time inside the base model's forward passes, the
+same share with sampling of the agent's action excluded (what is left is the actor head,
+the fixed-KL mixture solve, tag detection, reward and book-keeping), and peak RSS.
+`--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
+with a BPE trained on chitchat-dataset text, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.rollout import run_episode
+from klbudget.base.hf import HFBase
+from klbudget.envs.chat import ChatEnv
+from klbudget.envs.format import ChatFormat
+from klbudget.rewards.sentiment import VaderSentiment
+
+TINY = {"1m": dict(n_layer=2, n_embd=128, n_head=4), "10m": dict(n_layer=8, n_embd=320, n_head=8)}
+
+
+def tiny_model(size: str, out: Path) -> Path:
+    from chitchat_dataset import MessageDataset
+
+    from klbudget.base.tiny import make_tiny_model
+
+    texts = [m for _, m in zip(range(60_000), MessageDataset(), strict=False)]
+    texts = [t if isinstance(t, str) else str(t) for t in texts]
+    return make_tiny_model(out, texts, vocab_size=4096, **TINY[size])
+
+
+class TimedBase:
+    """Wraps a base policy and accumulates the wall time of its forward passes."""
+
+    def __init__(self, base: HFBase) -> None:
+        self.base = base
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def _timed(self, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def reset(self, ids):
+        return self._timed(self.base.reset, ids)
+
+    def step(self, tokens):
+        return self._timed(self.base.step, tokens)
+
+
+def bench(model_dir: Path, batch: int, length: int, episodes: int, budget: float) -> dict:
+    base = TimedBase(HFBase(model_dir))
+    chat = ChatFormat(prompt="Student: Hi! Can you help me?\n\nTeacher:")
+    env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length, chat=chat)
+    d = base.feature_dim + 2
+    torch.manual_seed(0)
+    actor = Actor(d, base.num_actions)
+    with torch.no_grad():  # a trained-looking head, so the mixture solve does real work
+        actor.z.weight.normal_(0, 0.05)
+    critic = Critic(d, 256)
+    g = torch.Generator().manual_seed(0)
+    run_episode(env, actor, critic, budget=budget, mode="realized", budget_scale=budget,
+                generator=g, seed=0)  # fmt: skip  # warm-up
+    shares, agent_rates, total_rates = [], [], []
+    for ep_i in range(episodes):
+        base.seconds = 0.0
+        t = time.perf_counter()
+        ep = run_episode(env, actor, critic, budget=budget, mode="realized",
+                         budget_scale=budget, generator=g, seed=ep_i + 1)  # fmt: skip
+        wall = time.perf_counter() - t
+        shares.append(base.seconds / wall)
+        agent_rates.append(ep.agent_steps / wall)
+        total_rates.append(batch * (length - len(env.prompt_ids)) / wall)
+    return {
+        "agent_tok_s": statistics.median(agent_rates),
+        "total_tok_s": statistics.median(total_rates),
+        "forward_share": statistics.median(shares),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params_m": sum(p.numel() for p in base.model.parameters()) / 1e6,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local Hugging Face model folder")
+    src.add_argument("--tiny", choices=sorted(TINY), help="build a random model of this size")
+    p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--budget", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else tiny_model(args.tiny, Path(tmp) / "m")
+        name = args.model or f"random {args.tiny}"
+        for b in args.batch:
+            r = bench(model, b, args.length, args.episodes, args.budget)
+            print(
+                f"{name} ({r['params_m']:.1f}M params) batch {b:3d}: "
+                f"agent {r['agent_tok_s']:7.0f} tok/s  total {r['total_tok_s']:7.0f} tok/s  "
+                f"in model forward {100 * r['forward_share']:5.1f}%  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""End-to-end `klbudget train`: bad input exits 2 and loses nothing; runs resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from klbudget.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(tmp: Path, model: Path, **extra: str) -> Path:
+    cfg = tmp / "run.toml"
+    lines = [
+        'preset = "cpu"',
+        "[model]",
+        f'path = "{model}"',
+        "[env]",
+        'prompt = "Student: Hi!\\n\\nTeacher:"',
+        "n_envs = 4",
+        "length = 40",
+        "[ppo]",
+        "tokens_per_update = 64",
+        "minibatch = 32",
+        "epochs = 2",
+        "[train]",
+        "total_agent_steps = 300",
+    ]
+    cfg.write_text("\n".join(lines) + "\n" + "\n".join(f"{k} = {v}" for k, v in extra.items()))
+    return cfg
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "klbudget.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_train_writes_documented_run_folder(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(write_config(tmp_path, tiny_model)), "--out", str(out),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert (out / "config.toml").is_file()
+    assert list(out.glob("events.out.tfevents.*"))
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and {"reward/mean", "kl/episode_mean", "budget/spent"} <= set(metrics[-1])
+    episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    tok = episodes[0]["tokens"][0]
+    assert set(tok) == {"id", "text", "speaker", "kl", "log_ratio", "budget_left"}
+    assert {t["speaker"] for t in episodes[0]["tokens"]} <= {"prompt", "agent", "env"}
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    assert (out / "checkpoints" / f"{latest}.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "ppo.nonsense=1"], "unknown key ppo.nonsense"),
+        (["--set", "ppo.epochs=many"], "ppo.epochs: expected int"),
+        (["--set", "budget.mode=sometimes"], "budget.mode"),
+        (["--set", "model.path=/no/such/model"], "no model folder at /no/such/model"),
+        (["--set", "oops"], "bad override"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny_model, tmp_path, args, needle):
+    cfg = write_config(tmp_path, tiny_model)
+    r = run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "run"), *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_missing_config_and_bad_toml(tmp_path):
+    r = run_cli("train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\npath=")
+    r = run_cli("train", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "not valid TOML" in r.stderr
+
+
+def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, tiny_model)
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli("train", "--config", str(cfg), "--out", str(out))
+    assert r.returncode == 2 and "already holds files" in r.stderr
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    ck = out / "checkpoints" / f"{latest}.safetensors"
+    ck.write_bytes(b"this is not a safetensors file")
+    r = run_cli("train", "--out", str(out), "--resume", "--set", "train.total_agent_steps=600")
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    for p, data in before.items():
+        if p != ck:
+            assert p.read_bytes() == data, f"{p} changed"
+
+
+def test_resume_after_sigkill(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, tiny_model, **{})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "klbudget.cli", "train", "--config", str(cfg), "--out", str(out),
+         "--no-progress", "--set", "train.total_agent_steps=100000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    latest = out / "checkpoints" / "latest.json"
+    while time.time() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["checkpoint"] >= "step_000002":
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(latest.read_text())["checkpoint"]
+    r = run_cli("train", "--out", str(out), "--resume", "--no-progress",
+                "--set", "train.total_agent_steps=1000")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    updates = [m["time/update"] for m in metrics]
+    assert updates == list(range(1, len(updates) + 1)), "duplicated or lost updates"
+    assert len(updates) > int(done_before.split("_")[1])
+    episodes = [json.loads(x)["episode"] for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert episodes == list(range(len(episodes)))
