@@ -56,7 +56,7 @@ def run_episode(
     lr_t = torch.zeros(n, length)
     left_t = torch.zeros(n, length)
     rewards_t = torch.zeros(n, length)  # reward credited to the step that earned it
-    steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "v", "row", "t")}
+    steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "row", "t")}
     last_agent_t = torch.full((n,), -1, dtype=torch.long)
     left_t[:, : env.t] = float(budget)
     while True:
@@ -82,7 +82,7 @@ def run_episode(
             )
             for key, val in (
                 ("o", o), ("lb", base_logp), ("bl", budget_left[rows]), ("a", a),
-                ("lp", logp), ("v", critic(o)), ("row", rows), ("t", torch.full_like(rows, t)),
+                ("lp", logp), ("row", rows), ("t", torch.full_like(rows, t)),
             ):  # fmt: skip
                 steps[key].append(val)
             kl_t[rows, t] = played.kl
@@ -118,7 +118,8 @@ def run_episode(
         budget_left=cat["bl"],
         actions=cat["a"].long(),
         logp_old=cat["lp"],
-        values_old=cat["v"],
+        # One batched critic pass here instead of one per step in the loop.
+        values_old=critic(cat["o"].reshape(m, obs_dim)) if m else torch.empty(0),
         returns=returns,
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
