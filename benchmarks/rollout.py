@@ -4,9 +4,9 @@
     python benchmarks/rollout.py --model models/smollm2 --batch 16 --length 160
 
 Prints, per batch size: agent tokens/s, total tokens/s (all conversations, prompt
-excluded), the share of rollout wall time inside the base model's forward passes, the
-same share with sampling of the agent's action excluded (what is left is the actor head,
-the fixed-KL mixture solve, tag detection, reward and book-keeping), and peak RSS.
+excluded), the share of rollout wall time inside the base model's forward passes (the
+rest is the actor head, the fixed-KL mixture solve, sampling, tag detection, reward and
+book-keeping), and peak RSS.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -52,14 +52,14 @@ class TimedBase:
     def __getattr__(self, name):
         return getattr(self.base, name)
 
-    def _timed(self, fn, *args):
+    def _timed(self, fn, *args, **kwargs):
         t = time.perf_counter()
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         self.seconds += time.perf_counter() - t
         return out
 
-    def reset(self, ids):
-        return self._timed(self.base.reset, ids)
+    def reset(self, ids, capacity=None):
+        return self._timed(self.base.reset, ids, capacity=capacity)
 
     def step(self, tokens):
         return self._timed(self.base.step, tokens)

@@ -1,8 +1,9 @@
 """A base policy over any Hugging Face causal LM loaded from a local folder.
 
 All conversations in a batch start from the same prompt and advance one token per call, so
-they are always the same length: the KV cache is one (N, heads, T, d) block per layer that
-grows by one position per step, with no padding and no per-conversation concatenation.
+they are always the same length: the KV cache is one preallocated (N, heads, T, d) block
+per layer (a `StaticCache` sized to the episode), written in place one position per step,
+with no padding and no concatenation.
 Features are the hidden states of the last 3 layers at the current position (SYSTEM.md §2).
 """
 
@@ -69,6 +70,8 @@ class HFBase:
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
         )
         self._cache = None
+        self._static = False
+        self._pos = 0
 
     def _describe(self, out) -> BaseStep:
         logits = out.logits[:, -1, :].float()  # (B, V)
@@ -77,17 +80,30 @@ class HFBase:
         return BaseStep(env_logits=logits, logp=logp, features=feats.float())
 
     @torch.no_grad()
-    def reset(self, input_ids: Tensor) -> BaseStep:
-        from transformers import DynamicCache
+    def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:
+        from transformers import DynamicCache, StaticCache
 
-        self._cache = DynamicCache(config=self.model.config)
+        # A preallocated cache is written in place at each step; a dynamic one would copy
+        # every layer's whole cache at every token.
+        if capacity is not None:
+            self._cache = StaticCache(config=self.model.config, max_cache_len=capacity)
+        else:
+            self._cache = DynamicCache(config=self.model.config)
+        self._static = capacity is not None
+        self._pos = int(input_ids.shape[1])
         out = self.model(
             input_ids=input_ids.to(self.device),
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=True,
+            **self._positions(0, self._pos),
         )
         return self._describe(out)
+
+    def _positions(self, start: int, end: int) -> dict:
+        if not self._static:
+            return {}
+        return {"cache_position": torch.arange(start, end, device=self.device)}
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> BaseStep:
@@ -98,7 +114,9 @@ class HFBase:
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=True,
+            **self._positions(self._pos, self._pos + 1),
         )
+        self._pos += 1
         return self._describe(out)
 
     @torch.no_grad()

@@ -35,8 +35,12 @@ class BasePolicy(Protocol):
     feature_dim: int  # F
     max_length: int  # longest transcript the model can hold, in tokens
 
-    def reset(self, input_ids: Tensor) -> BaseStep:
-        """Start N conversations from `input_ids` (N, T0) and describe position T0."""
+    def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:
+        """Start N conversations from `input_ids` (N, T0) and describe position T0.
+
+        `capacity` is the longest the conversations will grow (lets the cache be
+        preallocated); None means unknown.
+        """
         ...
 
     def step(self, tokens: Tensor) -> BaseStep:

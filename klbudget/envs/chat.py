@@ -121,7 +121,7 @@ class ChatEnv:
         self.convs = [Conversation(turn_start=t0) for _ in range(n)]
         self.replies: list[list[tuple[int, str]]] = [[] for _ in range(n)]
         self.teacher_turns: list[list[str]] = [[] for _ in range(n)]  # completed, content
-        self._last = self.base.reset(self.ids[:, :t0].to(self.device))
+        self._last = self.base.reset(self.ids[:, :t0].to(self.device), capacity=self.length)
         return self._obs(), {}
 
     def step(self, actions: Tensor):
