@@ -1,0 +1,74 @@
+"""The world's student: real chat lines whose sentiment depends on what the teacher did.
+
+SYSTEM.md §4. Given the teacher's last turn with class c (τ's classes; "other" for a turn τ
+could never write, an empty one included):
+
+    k ~ P(k | c) = REPLY_MIX[c]                      (reply category)
+    r ~ Uniform(student pool of category k)
+
+Encouragement mostly draws positive replies, so teaching well is a way to earn the
+sentiment reward of SYSTEM.md §2. A turn τ could not write gets the average of the four
+rows: it tells the student nothing, and nothing about it (silence included) is rewarded or
+punished on purpose. The student is memoryless beyond the teacher's last turn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from klbudget.world.pools import STUDENT_CATEGORIES, TEACHER_CLASSES, Pools, vader_compound
+from klbudget.world.teacher import Teacher, draw_index
+
+# P(reply category | teacher class), columns in STUDENT_CATEGORIES order
+# (positive, neutral, negative, question).
+REPLY_MIX: dict[str, tuple[float, float, float, float]] = {
+    "explain": (0.15, 0.45, 0.10, 0.30),
+    "encourage": (0.70, 0.15, 0.10, 0.05),
+    "ask": (0.25, 0.45, 0.20, 0.10),
+    "answer": (0.45, 0.30, 0.10, 0.15),
+}
+OTHER = "other"  # label of teacher turns outside τ's support
+
+
+def category_mix(teacher_class: str) -> np.ndarray:
+    """P(k | c) over STUDENT_CATEGORIES, shape (K,); the row average for ``OTHER``."""
+    if teacher_class == OTHER:
+        return np.mean([REPLY_MIX[c] for c in TEACHER_CLASSES], axis=0)
+    return np.asarray(REPLY_MIX[teacher_class], dtype=np.float64)
+
+
+class Student:
+    """The world's student: exact reply probabilities and sampling, given the teacher's turn."""
+
+    def __init__(self, pools: Pools, teacher: Teacher) -> None:
+        self.teacher = teacher
+        sentences: list[str] = []
+        cats: list[str] = []
+        for k in STUDENT_CATEGORIES:
+            sentences.extend(pools.student[k])
+            cats.extend([k] * len(pools.student[k]))
+        self.sentences: tuple[str, ...] = tuple(sentences)  # all replies, in category order
+        self.categories: tuple[str, ...] = tuple(cats)  # category of each reply
+        cat_idx = np.array([STUDENT_CATEGORIES.index(k) for k in cats])
+        sizes = np.bincount(cat_idx, minlength=len(STUDENT_CATEGORIES))
+        labels = (*TEACHER_CLASSES, OTHER)
+        # P(r | c) = P(k(r) | c) / |pool(k(r))|, one row per teacher label.
+        self._rows = {c: category_mix(c)[cat_idx] / sizes[cat_idx] for c in labels}
+        self._cdfs = {c: np.cumsum(p) for c, p in self._rows.items()}
+
+    def teacher_label(self, teacher_content: str) -> str:
+        """τ's class of the teacher turn, or ``OTHER`` when τ could not write it."""
+        return self.teacher.classify(teacher_content) or OTHER
+
+    def reply_probs(self, teacher_content: str) -> np.ndarray:
+        """P(r | teacher's last turn) over :attr:`sentences`, shape (R,)."""
+        return self._rows[self.teacher_label(teacher_content)]
+
+    def sample_reply(self, teacher_content: str, rng: np.random.Generator) -> str:
+        """r ~ P(r | teacher's last turn)."""
+        return self.sentences[draw_index(self._cdfs[self.teacher_label(teacher_content)], rng)]
+
+    def expected_reward(self, teacher_content: str) -> float:
+        """E[(s(r) + 1) / 2] with s the VADER compound: the reward of SYSTEM.md §2."""
+        s = np.array([vader_compound(r) for r in self.sentences])
+        return float(self.reply_probs(teacher_content) @ ((s + 1.0) / 2.0))

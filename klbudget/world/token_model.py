@@ -1,0 +1,164 @@
+"""τ at the level of tokens: log τ(next teacher token | transcript so far), exactly.
+
+SYSTEM.md §4. A teacher turn with content u is the piece y(u) = " " + u + "\\n\\nStudent:",
+tokenized canonically on its own (tokenizer.py explains why that is also its tokenization
+inside the transcript). τ's distribution over the token sequence of the current turn is the
+image of its turn distribution P(u | h) (teacher.py) under u ↦ ids(y(u)):
+
+    τ(v | h, y_{<t}) = Σ_{u: ids(y(u)) starts with y_{<t} v} P(u | h)
+                       / Σ_{u: ids(y(u)) starts with y_{<t}} P(u | h)
+
+computed with a trie (trie.py). Consequences, by construction:
+- A non-canonical token sequence for a sentence τ can write has τ-probability 0, as has any
+  turn outside τ's support, the empty turn included.
+- After a prefix that no supported turn starts with, τ's conditional does not exist:
+  next_token_logprobs is -inf everywhere, next_token_entropy is nan, and both samplers
+  raise ValueError. ``prefix_in_support`` tells the caller beforehand.
+- After a complete turn (the prefix ends with the hand-over) the student speaks; τ has no
+  next teacher token there either (same outputs, except that sample_continuation returns
+  []; ``is_complete`` is True).
+
+``history`` is the list of (speaker, content) turns before the current teacher turn, as
+ChatFormat.split_turns returns them; teacher.py says how τ reads any history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from klbudget.envs.format import ChatFormat
+from klbudget.world.teacher import Teacher, Turn
+from klbudget.world.tokenizer import encode, turn_piece
+from klbudget.world.trie import CandidateTrie, Node
+
+
+def _ids(prefix: Sequence[int] | torch.Tensor) -> list[int]:
+    return prefix.tolist() if isinstance(prefix, torch.Tensor) else list(prefix)
+
+
+class TeacherTokenModel:
+    """Exact token-level τ for one tokenizer (module docstring)."""
+
+    def __init__(
+        self,
+        tau: Teacher,
+        tokenizer: PreTrainedTokenizerBase,
+        fmt: ChatFormat | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
+        self.tau = tau
+        self.tokenizer = tokenizer
+        self.fmt = fmt or ChatFormat()
+        # A model may pad its embedding beyond the tokenizer; outputs then match its logits.
+        self.vocab_size = max(len(tokenizer), vocab_size or 0)
+        # Canonical ids of every supported turn, in τ's sentence order.
+        self.turn_ids: list[list[int]] = [self.piece_ids(u) for u in tau.sentences]
+        self.trie = CandidateTrie(self.turn_ids)
+
+    def piece_ids(self, content: str) -> list[int]:
+        """Canonical ids of the teacher piece with this content (content + hand-over)."""
+        return encode(self.tokenizer, turn_piece(self.fmt, "teacher", content))
+
+    # --- the exact conditional -------------------------------------------------------------
+    def _node(self, prefix: Sequence[int] | torch.Tensor) -> Node | None:
+        return self.trie.node(_ids(prefix))
+
+    def next_token_dist(
+        self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse τ(· | h, y_{<t}): (token ids, probabilities); both empty when undefined."""
+        p_sorted = self.trie.to_sorted(self.tau.turn_probs(history))
+        return self.trie.next_token_dist(p_sorted, _ids(teacher_prefix_ids))
+
+    def next_token_logprobs(
+        self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """log τ(v | h, y_{<t}) for every v, shape (V,), float64; -inf outside the support."""
+        tokens, probs = self.next_token_dist(history, teacher_prefix_ids)
+        out = torch.full((self.vocab_size,), float("-inf"), dtype=torch.float64)
+        out[torch.from_numpy(tokens)] = torch.from_numpy(np.log(probs))
+        return out
+
+    def next_token_logprobs_batch(
+        self,
+        histories: Sequence[Sequence[Turn]],
+        teacher_prefixes: Sequence[Sequence[int] | torch.Tensor],
+    ) -> torch.Tensor:
+        """:meth:`next_token_logprobs` for a batch of conversations, shape (B, V)."""
+        out = torch.full((len(histories), self.vocab_size), float("-inf"), dtype=torch.float64)
+        for b, (h, y) in enumerate(zip(histories, teacher_prefixes, strict=True)):
+            tokens, probs = self.next_token_dist(h, y)
+            out[b, torch.from_numpy(tokens)] = torch.from_numpy(np.log(probs))
+        return out
+
+    def next_token_entropy(
+        self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
+    ) -> float:
+        """H(τ(· | h, y_{<t})) in nats; nan where the conditional is undefined."""
+        _, probs = self.next_token_dist(history, teacher_prefix_ids)
+        return float(-(probs * np.log(probs)).sum()) if probs.size else float("nan")
+
+    def prefix_in_support(
+        self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
+    ) -> bool:
+        """Whether some turn τ can write starts with these tokens (support is history-free)."""
+        return self._node(teacher_prefix_ids) is not None
+
+    def is_complete(self, teacher_prefix_ids: Sequence[int] | torch.Tensor) -> bool:
+        """Whether the tokens are a whole supported turn, hand-over included."""
+        node = self._node(teacher_prefix_ids)
+        return node is not None and node.complete
+
+    # --- sampling ---------------------------------------------------------------------------
+    def sample_continuation(
+        self,
+        history: Sequence[Turn],
+        teacher_prefix_ids: Sequence[int] | torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """The rest of the turn, y_{≥t} ~ τ(· | h, y_{<t}) (a whole turn drawn at once)."""
+        node = self._node(teacher_prefix_ids)
+        if node is None:
+            raise ValueError("τ cannot continue a prefix outside its support")
+        # Drawing a whole turn from P(u | h) restricted to the node is exactly τ's conditional.
+        p = self.trie.to_sorted(self.tau.turn_probs(history))[node.lo : node.hi]
+        j = int(torch.multinomial(torch.from_numpy(p), 1, generator=generator))
+        return list(self.trie.seqs[node.lo + j][len(_ids(teacher_prefix_ids)) :])
+
+    def sample_next_token(
+        self,
+        history: Sequence[Turn],
+        teacher_prefix_ids: Sequence[int] | torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """v ~ τ(· | h, y_{<t})."""
+        tokens, probs = self.next_token_dist(history, teacher_prefix_ids)
+        if not probs.size:
+            raise ValueError("τ has no next teacher token after this prefix")
+        return int(tokens[int(torch.multinomial(torch.from_numpy(probs), 1, generator=generator))])
+
+    # --- whole turns ------------------------------------------------------------------------
+    def turn_logprob(self, history: Sequence[Turn], content: str) -> float:
+        """log τ(y(u) | h) = log P(u | h) for the canonical tokens; -inf outside the support."""
+        return self.tau.turn_logprob(history, content)
+
+    def token_logprobs(self, history: Sequence[Turn], ids: Sequence[int]) -> list[float]:
+        """log τ(y_t | h, y_{<t}) for each token of a (possibly partial) teacher turn."""
+        out = []
+        for t, v in enumerate(ids):
+            tokens, probs = self.next_token_dist(history, ids[:t])
+            hit = np.flatnonzero(tokens == v)
+            out.append(float(np.log(probs[hit[0]])) if hit.size else float("-inf"))
+        return out
+
+    def classify(self, history: Sequence[Turn], content: str) -> str | None:
+        """τ's behaviour class of a teacher turn's content; None outside the support."""
+        return self.tau.classify(content)
+
+    def in_support(self, history: Sequence[Turn], content: str) -> bool:
+        """Whether τ can write a turn with this content (history-free, see teacher.py)."""
+        return self.tau.in_support(content)
