@@ -58,7 +58,16 @@ def _theory(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from klbudget.pipelines.demo import run_demo
 
-    run_demo(Path(args.out), model_dir=Path(args.model_dir), overrides=args.set)
+    try:
+        budgets = tuple(float(b) for b in args.budgets.split(","))
+    except ValueError as err:
+        raise UsageError(
+            f"--budgets must be comma-separated numbers, got {args.budgets!r}"
+        ) from err
+    run_demo(
+        Path(args.out), budgets=budgets, cache=Path(args.cache), world_set=args.world_set,
+        imitator_set=args.imitator_set, train_set=args.set, eval_episodes=args.eval_episodes,
+    )  # fmt: skip
     return 0
 
 
@@ -73,6 +82,38 @@ def _eval(args: argparse.Namespace) -> int:
         ) from err
     evaluate_run(Path(args.run), episodes=args.episodes, lengths=lengths)
     print(f"metrics: {Path(args.run) / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def _world_build(args: argparse.Namespace) -> int:
+    from klbudget.config import replace_fields
+    from klbudget.world import WorldConfig, build_world
+
+    cfg = replace_fields(WorldConfig(), args.set, "world")
+    try:
+        out = build_world(cfg, args.out)
+    except FileExistsError as err:
+        raise UsageError(str(err)) from err
+    print(f"world {cfg.hash}: {out}")
+    return 0
+
+
+def _base_train(args: argparse.Namespace) -> int:
+    from klbudget.config import replace_fields
+    from klbudget.world import ImitatorConfig, read_report, train_imitator
+
+    world = Path(args.world)
+    if not (world / "world.json").is_file():
+        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    cfg = replace_fields(ImitatorConfig(), args.set, "imitator")
+    folder = train_imitator(world, cfg, args.cache)
+    rep = read_report(folder)
+    print(f"imitator: {folder}")
+    held = rep.get("heldout", {})
+    scalars = {**{k: v for k, v in rep.items() if isinstance(v, (int, str))}, **held}
+    for key in sorted(scalars):
+        if isinstance(scalars[key], (int, float, str)):
+            print(f"  {key}: {scalars[key]}")
     return 0
 
 
@@ -91,19 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="the default demo: a short budgeted run and its report")
-    d.add_argument("--out", required=True, help="folder for the demo's outputs")
-    d.add_argument(
-        "--model-dir",
-        default="models/smollm2",
-        help="base model folder (SmolLM2 is converted into it when missing)",
-    )
+    d = sub.add_parser("demo", help="the default demo: world, imitator, budgeted agents, report")
+    d.add_argument("--out", required=True, help="folder for the demo's outputs (must be new)")
+    d.add_argument("--budgets", default="10,20", help="comma-separated KL budgets in nats")
+    d.add_argument("--cache", default="models", help="cache root for trained imitators")
+    d.add_argument("--eval-episodes", type=int, default=32)
     d.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config field of the cpu preset (repeatable)",
+        help="override a field of the agents' config (demo preset; repeatable)",
+    )
+    d.add_argument(
+        "--world-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a WorldConfig field (repeatable)",
+    )
+    d.add_argument(
+        "--imitator-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an ImitatorConfig field (repeatable)",
     )
     d.set_defaults(func=_demo)
 
@@ -137,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run folders, shown side by side")
     r.add_argument("--out", required=True, help="HTML file to write (PNGs go beside it)")
     r.set_defaults(func=_report)
+
+    w = sub.add_parser("world", help="the default world: trusted teacher, student, corpus")
+    wsub = w.add_subparsers(dest="world_cmd", required=True)
+    wb = wsub.add_parser("build", help="write the seeded demonstration corpus")
+    wb.add_argument("--out", required=True)
+    wb.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a WorldConfig field (repeatable)",
+    )
+    wb.set_defaults(func=_world_build)
+
+    b = sub.add_parser("base", help="base models trained on the world's demonstrations")
+    bsub = b.add_subparsers(dest="base_cmd", required=True)
+    bt = bsub.add_parser("train", help="train (or reuse) the imitator of the world's teacher")
+    bt.add_argument("--world", required=True, help="world folder from `klbudget world build`")
+    bt.add_argument("--cache", default="models", help="cache root for trained imitators")
+    bt.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an ImitatorConfig field (repeatable)",
+    )
+    bt.set_defaults(func=_base_train)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)

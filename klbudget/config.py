@@ -201,8 +201,9 @@ def preset(name: str) -> Config:
     )
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(names)}")
-    text = resources.files("klbudget.presets").joinpath(f"{name}.toml").read_text()
-    return from_dict(tomllib.loads(text))
+    data = tomllib.loads(resources.files("klbudget.presets").joinpath(f"{name}.toml").read_text())
+    parent = data.pop("preset", None)
+    return from_dict(data, preset(parent) if parent else None)
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -237,6 +238,24 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             value = raw  # bare strings: --set model.path=models/x
         cfg = from_dict({section: {name: value}}, cfg)
     return cfg
+
+
+def replace_fields(obj: Any, overrides: list[str], what: str) -> Any:
+    """A frozen dataclass with `key=value` overrides applied (same parsing as `--set`)."""
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"bad {what} override {item!r}; keys: {known}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        changes[key] = _coerce(value, hints[key], f"{what}.{key}")
+    return dataclasses.replace(obj, **changes)
 
 
 def to_toml(cfg: Config) -> str:

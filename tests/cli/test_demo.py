@@ -1,0 +1,34 @@
+"""The demo pipeline end to end at a tiny scale: world → imitator → agent → eval → report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from klbudget.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main([
+        "demo", "--out", str(out), "--budgets", "4", "--cache", str(tmp_path / "cache"),
+        "--eval-episodes", "4",
+        "--world-set", "n_train=40", "--world-set", "n_heldout=6",
+        "--imitator-set", "steps=4", "--imitator-set", "n_embd=32", "--imitator-set", "n_head=2",
+        "--imitator-set", "vocab_size=400", "--imitator-set", "eval_transcripts=4",
+        "--imitator-set", "probe_samples=1", "--imitator-set", "batch_size=4",
+        "--set", "env.n_envs=4", "--set", "env.length=100", "--set", "train.total_agent_steps=200",
+        "--set", "ppo.tokens_per_update=100", "--set", "ppo.minibatch=50",
+    ])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "report:" in text and "agent_B4" in text
+    assert (out / "report.html").is_file()
+    metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
+    assert set(metrics["eval"]) == {"agent_L100", "agent_L200", "base_L100", "base_L200"}
+    # Expected-mode budget: no evaluation episode of the agent exceeds 4 nats.
+    assert metrics["eval"]["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
+    assert metrics["eval"]["base_L100"]["kl_to_base"]["exact_max"] == 0.0
