@@ -125,6 +125,11 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
+    """A repeatable `key=value` override option."""
+    parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="klbudget",
@@ -137,38 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budgets", default="10,20", help="comma-separated KL budgets in nats")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")
     d.add_argument("--eval-episodes", type=int, default=32)
-    d.add_argument(
+    _add_set(
+        d,
         "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a field of the agents' config (demo preset; repeatable)",
+        "SECTION.KEY=VALUE",
+        "override a field of the agents' config (demo preset; repeatable)",
     )
-    d.add_argument(
-        "--world-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a WorldConfig field (repeatable)",
-    )
-    d.add_argument(
-        "--imitator-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an ImitatorConfig field (repeatable)",
-    )
+    _add_set(d, "--world-set", "KEY=VALUE", "override a WorldConfig field (repeatable)")
+    _add_set(d, "--imitator-set", "KEY=VALUE", "override an ImitatorConfig field (repeatable)")
     d.set_defaults(func=_demo)
 
     t = sub.add_parser("train", help="train a KL-budgeted agent with PPO")
     t.add_argument("--config", help="TOML config (default: the cpu preset)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config field (repeatable)",
-    )
+    _add_set(t, "--set", "SECTION.KEY=VALUE", "override one config field (repeatable)")
     t.add_argument("--out", required=True, help="run folder to create (or resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -195,13 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = w.add_subparsers(dest="world_cmd", required=True)
     wb = wsub.add_parser("build", help="write the seeded demonstration corpus")
     wb.add_argument("--out", required=True)
-    wb.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a WorldConfig field (repeatable)",
-    )
+    _add_set(wb, "--set", "KEY=VALUE", "override a WorldConfig field (repeatable)")
     wb.set_defaults(func=_world_build)
 
     b = sub.add_parser("base", help="base models trained on the world's demonstrations")
@@ -209,13 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt = bsub.add_parser("train", help="train (or reuse) the imitator of the world's teacher")
     bt.add_argument("--world", required=True, help="world folder from `klbudget world build`")
     bt.add_argument("--cache", default="models", help="cache root for trained imitators")
-    bt.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an ImitatorConfig field (repeatable)",
-    )
+    _add_set(bt, "--set", "KEY=VALUE", "override an ImitatorConfig field (repeatable)")
     bt.set_defaults(func=_base_train)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")

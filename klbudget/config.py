@@ -225,6 +225,14 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     return cfg.validate()
 
 
+def _parse_value(raw: str) -> Any:
+    """A CLI value parsed as TOML where possible; bare words stay strings (paths, modes)."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `section.key=value` strings (values parsed as TOML where possible)."""
     for item in overrides:
@@ -232,11 +240,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"bad override {item!r}; expected section.key=value")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # bare strings: --set model.path=models/x
-        cfg = from_dict({section: {name: value}}, cfg)
+        cfg = from_dict({section: {name: _parse_value(raw)}}, cfg)
     return cfg
 
 
@@ -250,11 +254,7 @@ def replace_fields(obj: Any, overrides: list[str], what: str) -> Any:
         if not sep or key not in hints:
             known = ", ".join(hints)
             raise ConfigError(f"bad {what} override {item!r}; keys: {known}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        changes[key] = _coerce(value, hints[key], f"{what}.{key}")
+        changes[key] = _coerce(_parse_value(raw), hints[key], f"{what}.{key}")
     return dataclasses.replace(obj, **changes)
 
 
