@@ -12,7 +12,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -74,7 +74,6 @@ class Counters:
     agent_steps: int = 0
     episodes: int = 0
     wall_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -264,17 +263,9 @@ class Trainer:
         return metrics
 
 
-class _NullWriter:
-    def add_scalar(self, *args, **kwargs) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-
-
 def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a declared dependency; stay usable without it
-        return _NullWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(run_dir))
 
 

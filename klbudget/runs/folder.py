@@ -50,18 +50,6 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise RunFolderError(f"{path}:{n}: not valid JSON ({err.msg})") from err
-    return rows
-
-
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for idx, state in opt.state_dict()["state"].items():
