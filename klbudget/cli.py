@@ -80,7 +80,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--lengths must be comma-separated integers, got {args.lengths!r}"
         ) from err
-    evaluate_run(Path(args.run), episodes=args.episodes, lengths=lengths)
+    world = Path(args.world) if args.world else None
+    evaluate_run(Path(args.run), episodes=args.episodes, lengths=lengths, world=world)
     print(f"metrics: {Path(args.run) / 'eval' / 'metrics.json'}")
     return 0
 
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder")
     e.add_argument("--episodes", type=int, default=32, help="episodes per policy and length")
     e.add_argument("--lengths", default="", help="comma-separated lengths (default: L,2L)")
+    e.add_argument(
+        "--world", default="", help="world folder the base model imitates: τ plays and judges"
+    )
     e.set_defaults(func=_eval)
 
     r = sub.add_parser("report", help="self-contained HTML report of one or more run folders")

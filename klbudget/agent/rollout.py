@@ -10,6 +10,8 @@ PPO and one record per conversation in the run-folder schema (docs/run-folder.md
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +21,11 @@ from klbudget.agent.policy import Actor, Critic, observation
 from klbudget.agent.ppo import Batch
 from klbudget.core.advantages import reward_to_go
 from klbudget.core.budget import BudgetMode, spend
-from klbudget.core.kl import kl_k3
+from klbudget.core.kl import kl_exact, kl_k3
 from klbudget.core.sampling import sample_categorical
 from klbudget.envs.chat import AGENT, SPEAKERS, ChatEnv
+
+Oracle = Callable[[ChatEnv, Tensor], Tensor]  # (env, rows) → (R, A) log-probs
 
 
 @dataclass
@@ -47,8 +51,15 @@ def run_episode(
     generator: torch.Generator,
     seed: int | None = None,
     policy: str = "agent",
+    teacher: Oracle | None = None,
+    reference: Oracle | None = None,
 ) -> Episode:
-    """Play one episode; `budget` = 0 makes the agent play the base policy exactly."""
+    """Play one episode; `budget` = 0 makes the agent play the base policy exactly.
+
+    `teacher`, when given, plays instead of the actor (e.g. τ itself: its KL to β is
+    recorded, no budget is spent). `reference`, when given, annotates every agent token
+    with the exact KL(π_t‖ref_t) as `kl_tau` (null where it is infinite).
+    """
     obs, _ = env.reset(seed=seed)
     n, length = env.n_envs, env.length
     budget_left = torch.full((n,), float(budget))
@@ -56,6 +67,7 @@ def run_episode(
     lr_t = torch.zeros(n, length)
     left_t = torch.zeros(n, length)
     rewards_t = torch.zeros(n, length)  # reward credited to the step that earned it
+    kl_ref_t = torch.zeros(n, length) if reference is not None else None
     steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "row", "t")}
     last_agent_t = torch.full((n,), -1, dtype=torch.long)
     left_t[:, : env.t] = float(budget)
@@ -69,23 +81,30 @@ def run_episode(
             o = observation(
                 obs["features"][rows], obs["position"][rows], budget_left[rows], budget_scale
             )
-            played = actor(o, base_logp, budget_left[rows])
-            a = sample_categorical(played.log_x, generator)
-            logp = played.log_x.gather(-1, a[:, None]).squeeze(-1)
+            if teacher is None:
+                played = actor(o, base_logp, budget_left[rows])
+                log_x, kl = played.log_x, played.kl
+            else:
+                log_x = teacher(env, rows)
+                kl = kl_exact(log_x, base_logp)
+            if reference is not None:
+                kl_ref_t[rows, t] = kl_exact(log_x, reference(env, rows))
+            a = sample_categorical(log_x, generator)
+            logp = log_x.gather(-1, a[:, None]).squeeze(-1)
             log_ratio = logp - base_logp.gather(-1, a[:, None]).squeeze(-1)
             new_left = spend(
                 budget_left[rows],
                 mode=mode,
                 log_ratio=log_ratio,
-                kl=played.kl,
-                active=torch.ones_like(rows, dtype=torch.bool),
+                kl=kl,
+                active=torch.full_like(rows, teacher is None, dtype=torch.bool),
             )
             for key, val in (
                 ("o", o), ("lb", base_logp), ("bl", budget_left[rows]), ("a", a),
                 ("lp", logp), ("row", rows), ("t", torch.full_like(rows, t)),
             ):  # fmt: skip
                 steps[key].append(val)
-            kl_t[rows, t] = played.kl
+            kl_t[rows, t] = kl
             lr_t[rows, t] = log_ratio
             budget_left[rows] = new_left
             last_agent_t[rows] = t
@@ -123,7 +142,7 @@ def run_episode(
         returns=returns,
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
-    records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy)
+    records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, kl_ref_t)
     return Episode(
         batch=batch,
         records=records,
@@ -143,6 +162,7 @@ def _records(
     rewards_t: Tensor,
     budget: float,
     policy: str,
+    kl_ref_t: Tensor | None = None,
 ) -> list[dict]:
     """Per-conversation records in the docs/run-folder.md schema."""
     ids = env.ids.tolist()
@@ -161,6 +181,11 @@ def _records(
             }
             for t in range(env.length)
         ]
+        if kl_ref_t is not None:
+            ref = kl_ref_t[i].tolist()
+            for t, tok in enumerate(tokens):
+                if tok["speaker"] == "agent":
+                    tok["kl_tau"] = ref[t] if math.isfinite(ref[t]) else None
         rewards = [[t, r] for t, r in enumerate(rw[i]) if r != 0.0]
         out.append(
             {

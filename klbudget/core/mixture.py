@@ -159,9 +159,7 @@ def fixed_kl_mixture(
 
 
 @torch.no_grad()
-def _solve_alpha(
-    log_a: Tensor, log_b: Tensor, k: Tensor, iters: int
-) -> tuple[Tensor, Tensor]:
+def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[Tensor, Tensor]:
     """Root α of KL(x_α‖b) = k on [0, 1] and the KL it achieves, never above k.
 
     Runs in float64 on precomputed d = a/b − 1, so one iteration costs one log1p and one

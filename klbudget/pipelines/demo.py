@@ -58,7 +58,7 @@ def run_demo(
         ).validate()
         say(f"[3/4] agent {i + 1}/{len(budgets)}: budget {budget:g} nats -> {run}", flush=True)
         Trainer(cfg, run, progress=progress).learn()
-        evaluate_run(run, episodes=eval_episodes, progress=progress)
+        evaluate_run(run, episodes=eval_episodes, world=world_dir, progress=progress)
         runs.append(run)
     report = build_report(runs, out / "report.html")
     say("[4/4] report", flush=True)
@@ -68,9 +68,7 @@ def run_demo(
         f"{held.get('imitator_teacher_logloss', float('nan')):.3f} nats/token, "
         f"τ entropy {held.get('tau_teacher_entropy', float('nan')):.3f}")  # fmt: skip
     say(_table(rows))
-    say(
-        f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min"
-    )
+    say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
     return rows
 
 
@@ -87,6 +85,8 @@ def _summary(runs: list[Path]) -> list[dict]:
                 "empty": _num(ev, "empty_turn_frac", "mean"),
                 "kl_base": _num(ev, "kl_to_base", "exact", "mean"),
                 "kl_base_max": _num(ev, "kl_to_base", "exact_max"),
+                "outside": _num(ev, "tau_support", "violation_share"),
+                "kl_tau": _num(ev, "tau_support", "kl_in_support_mean"),
             })  # fmt: skip
     return rows
 
@@ -106,6 +106,11 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['run']:<12} {r['policy']:<6} {r['L']:>4} {r['return']:>7.2f} {r['empty']:>6.3f} "
-            f"{r['kl_base']:>8.3f} {r['kl_base_max']:>7.3f}"
+            f"{r['kl_base']:>8.3f} {r['kl_base_max']:>7.3f} {r['outside']:>8.3f} "
+            f"{r['kl_tau']:>9.3f}"
         )
+    lines.append(
+        "∉supp τ: share of teacher turns τ could never write; KL(π‖τ)*: exact, summed over "
+        "the tokens of in-support turns, mean per episode"
+    )
     return "\n".join(lines)

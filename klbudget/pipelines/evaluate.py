@@ -36,15 +36,31 @@ def load_agent(run_dir: Path, cfg: Config, base: HFBase) -> tuple[Actor, Critic]
     return actor, critic
 
 
+def _oracle(world: Path, base: HFBase):
+    from klbudget.world import TeacherTokenModel, load_world
+    from klbudget.world.oracle import TauOracle
+
+    if not (world / "world.json").is_file():
+        raise rf.RunFolderError(f"{world} is not a world folder (no world.json)")
+    tm = TeacherTokenModel(load_world(world).teacher, base.tokenizer)
+    return TauOracle(tm, base.num_actions)
+
+
 def evaluate_run(
     run_dir: Path,
     *,
     episodes: int = 32,
     lengths: list[int] | None = None,
     seed: int = 12345,
+    world: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write evaluation episodes and `eval/metrics.json`; returns the metrics."""
+    """Write evaluation episodes and `eval/metrics.json`; returns the metrics.
+
+    With `world` (the folder the base model's demonstrations came from), τ plays too, every
+    agent token carries the exact KL(π_t‖τ_t), and teacher turns are annotated with τ's
+    support and behaviour class.
+    """
     saved = run_dir / "config.toml"
     if not saved.is_file():
         raise rf.RunFolderError(f"{run_dir} is not a run folder (no config.toml)")
@@ -52,9 +68,12 @@ def evaluate_run(
     lengths = lengths or [cfg.env.length, 2 * cfg.env.length]
     base = HFBase(cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device)
     actor, critic = load_agent(run_dir, cfg, base)
+    oracle = _oracle(world, base) if world is not None else None
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     policies = [("agent", cfg.budget.total), ("base", 0.0)]
+    if oracle is not None:
+        policies.append(("tau", 0.0))
     n_batches = math.ceil(episodes / cfg.env.n_envs)
     bar = tqdm(total=len(lengths) * len(policies) * n_batches, desc="eval", disable=not progress)
     for length in lengths:
@@ -67,8 +86,12 @@ def evaluate_run(
                 ep = run_episode(
                     env, actor, critic, budget=budget, mode=cfg.budget.mode,  # type: ignore[arg-type]
                     budget_scale=max(cfg.budget.total, 1.0), generator=g, seed=seed + i,
-                    policy=policy,
+                    policy=policy, teacher=oracle if policy == "tau" else None,
+                    reference=oracle,
                 )  # fmt: skip
+                if oracle is not None:
+                    for rec in ep.records:
+                        oracle.annotate(rec)
                 records += ep.records
                 bar.update(1)
             for n, rec in enumerate(records[:episodes]):

@@ -28,7 +28,15 @@ def test_demo_tiny(tmp_path, capsys):
     assert "report:" in text and "agent_B4" in text
     assert (out / "report.html").is_file()
     metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
-    assert set(metrics["eval"]) == {"agent_L100", "agent_L200", "base_L100", "base_L200"}
+    assert set(metrics["eval"]) == {
+        f"{p}_L{n}" for p in ("agent", "base", "tau") for n in (100, 200)
+    }
+    # τ acting: never an empty turn, never outside its own support, KL(τ‖τ) = 0.
+    tau = metrics["eval"]["tau_L100"]
+    assert tau["empty_turn_frac"]["mean"] == 0.0
+    assert tau["tau_support"]["violation_share"] == 0.0
+    assert tau["tau_support"]["judged_turns"] > 0
+    assert abs(tau["tau_support"]["kl_in_support_mean"]) < 1e-5
     # Expected-mode budget: no evaluation episode of the agent exceeds 4 nats.
     assert metrics["eval"]["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     assert metrics["eval"]["base_L100"]["kl_to_base"]["exact_max"] == 0.0

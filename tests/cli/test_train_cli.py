@@ -95,6 +95,9 @@ def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tiny_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     r = run_cli("train", "--config", str(cfg), "--out", str(out))
     assert r.returncode == 2 and "already holds files" in r.stderr
+    r = run_cli("eval", str(out), "--world", str(tmp_path / "no_world"))
+    assert r.returncode == 2 and "not a world folder" in r.stderr, r.stderr
+    assert not (out / "eval").exists()
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"]
     ck = out / "checkpoints" / f"{latest}.safetensors"
     ck.write_bytes(b"this is not a safetensors file")
