@@ -58,15 +58,18 @@ def _theory(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from klbudget.pipelines.demo import run_demo
 
-    try:
-        budgets = tuple(float(b) for b in args.budgets.split(","))
-    except ValueError as err:
-        raise UsageError(
-            f"--budgets must be comma-separated numbers, got {args.budgets!r}"
-        ) from err
+    def numbers(flag: str, raw: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(b) for b in raw.split(",") if b.strip())
+        except ValueError as err:
+            raise UsageError(f"{flag} must be comma-separated numbers, got {raw!r}") from err
+
     run_demo(
-        Path(args.out), budgets=budgets, cache=Path(args.cache), world_set=args.world_set,
-        imitator_set=args.imitator_set, train_set=args.set, eval_episodes=args.eval_episodes,
+        Path(args.out), budgets=numbers("--budgets", args.budgets), cache=Path(args.cache),
+        world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
+        eval_episodes=args.eval_episodes,
+        bases=tuple(b.strip() for b in args.bases.split(",") if b.strip()),
+        ensemble=args.ensemble, help_fractions=numbers("--help-fractions", args.help_fractions),
     )  # fmt: skip
     return 0
 
@@ -143,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budgets", default="10,20", help="comma-separated KL budgets in nats")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")
     d.add_argument("--eval-episodes", type=int, default=32)
+    d.add_argument(
+        "--bases", default="single",
+        help="comma-separated base policies to train agents against: single (the imitator), "
+        "bayes (posterior mixture over an ensemble), pessimistic (ν_α with help)",
+    )  # fmt: skip
+    d.add_argument("--ensemble", type=int, default=3, help="ensemble members (bayes, pessimistic)")
+    d.add_argument(
+        "--help-fractions", default="",
+        help="comma-separated fractions of the demonstrations: help rate of the pessimistic base",
+    )  # fmt: skip
     _add_set(
         d,
         "--set",

@@ -35,6 +35,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class BaseConfig:
+    kind: str = "single"  # "single" (model.path), "bayes" or "pessimistic" over an ensemble
+    members: str = ""  # comma-separated folders of the other ensemble members (model.path is 0)
+    world: str = ""  # world folder whose τ answers help steps (kind = "pessimistic")
+    alpha: float = 0.05  # plausible set: members with posterior weight >= alpha
+    demo_tokens: float = 200.0  # held-out teacher tokens of demonstration evidence in the prior
+    help: str = "token"  # what τ writes for a help step: "token" or "turn" (the rest of it)
+    update_on: str = "demonstrator"  # transcript evidence: "demonstrator" or every "teacher" token
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     n_envs: int = 16  # conversations advanced in lockstep, one forward pass per token
     length: int = 128  # an episode ends when the transcript holds this many tokens
@@ -89,6 +100,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -117,6 +129,25 @@ class Config:
             (self.env.student_temperature > 0, "env.student_temperature must be > 0"),
             (self.model.temperature > 0, "model.temperature must be > 0"),
             (self.reward.kind in ("vader", "hf"), "reward.kind must be vader|hf"),
+            (
+                self.base.kind in ("single", "bayes", "pessimistic"),
+                "base.kind must be single|bayes|pessimistic",
+            ),
+            (
+                self.base.kind == "single" or bool(self.base.members.strip()),
+                "base.members must name the other ensemble members when base.kind is not single",
+            ),
+            (
+                self.base.kind != "pessimistic" or bool(self.base.world),
+                "base.world must name a world folder when base.kind is pessimistic",
+            ),
+            (0 < self.base.alpha <= 1, "base.alpha must be in (0, 1]"),
+            (self.base.demo_tokens >= 0, "base.demo_tokens must be >= 0"),
+            (self.base.help in ("token", "turn"), "base.help must be token|turn"),
+            (
+                self.base.update_on in ("demonstrator", "teacher"),
+                "base.update_on must be demonstrator|teacher",
+            ),
             (self.ppo.epochs >= 1 and self.ppo.minibatch >= 1, "ppo.epochs, ppo.minibatch >= 1"),
             (self.ppo.tokens_per_update >= 1, "ppo.tokens_per_update must be >= 1"),
             (self.train.total_agent_steps >= 1, "train.total_agent_steps must be >= 1"),

@@ -58,7 +58,8 @@ def run_episode(
 
     `teacher`, when given, plays instead of the actor (e.g. τ itself: its KL to β is
     recorded, no budget is spent). `reference`, when given, annotates every agent token
-    with the exact KL(π_t‖ref_t) as `kl_tau` (null where it is infinite).
+    with :func:`kl_to_reference`: `kl_tau` (null where infinite), `kl_tau_in` and
+    `tau_out` (docs/run-folder.md).
     """
     obs, _ = env.reset(seed=seed)
     n, length = env.n_envs, env.length
@@ -67,7 +68,8 @@ def run_episode(
     lr_t = torch.zeros(n, length)
     left_t = torch.zeros(n, length)
     rewards_t = torch.zeros(n, length)  # reward credited to the step that earned it
-    kl_ref_t = torch.zeros(n, length) if reference is not None else None
+    # KL(π_t‖ref_t), KL(π̃_t‖ref_t) with π̃_t conditioned on ref's support, mass outside it
+    ref_t = torch.zeros(3, n, length) if reference is not None else None
     steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "row", "t")}
     last_agent_t = torch.full((n,), -1, dtype=torch.long)
     left_t[:, : env.t] = float(budget)
@@ -88,7 +90,10 @@ def run_episode(
                 log_x = teacher(env, rows)
                 kl = kl_exact(log_x, base_logp)
             if reference is not None:
-                kl_ref_t[rows, t] = kl_exact(log_x, reference(env, rows))
+                for j, val in enumerate(
+                    kl_to_reference(log_x, reference(env, rows), env.help_action)
+                ):
+                    ref_t[j, rows, t] = val.float()
             a = sample_categorical(log_x, generator)
             logp = log_x.gather(-1, a[:, None]).squeeze(-1)
             log_ratio = logp - base_logp.gather(-1, a[:, None]).squeeze(-1)
@@ -142,7 +147,7 @@ def run_episode(
         returns=returns,
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
-    records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, kl_ref_t)
+    records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, ref_t)
     return Episode(
         batch=batch,
         records=records,
@@ -154,6 +159,30 @@ def run_episode(
     )
 
 
+def kl_to_reference(
+    log_x: Tensor, log_ref: Tensor, help_action: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact comparison of the played next-token distribution p with a reference r (τ).
+
+    Returns, per row, KL(p‖r) (inf when p has mass outside r's support), KL(p̃‖r) with
+    p̃ = p conditioned on r's support (finite; nan when p has no mass there), and the mass p
+    puts outside r's support. With a help action (index V), the token actually written is
+    the demonstrator's draw with the help probability, so p_v = x_v + x_help·r_v (exact for
+    the step's first token in either help mode).
+    """
+    if help_action is None:
+        played = log_x
+    else:
+        v = help_action
+        played = torch.logaddexp(log_x[:, :v], log_x[:, v : v + 1] + log_ref[:, :v])
+        log_ref = log_ref[:, :v]
+    inside = torch.isfinite(log_ref)
+    log_in = torch.logsumexp(played.masked_fill(~inside, -torch.inf), -1)  # log p(supp r)
+    conditioned = (played - log_in[:, None]).masked_fill(~inside, -torch.inf)
+    out_mass = (1.0 - log_in.exp()).clamp(min=0.0)
+    return kl_exact(played, log_ref), kl_exact(conditioned, log_ref), out_mass
+
+
 def _records(
     env: ChatEnv,
     kl_t: Tensor,
@@ -162,7 +191,7 @@ def _records(
     rewards_t: Tensor,
     budget: float,
     policy: str,
-    kl_ref_t: Tensor | None = None,
+    ref_t: Tensor | None = None,
 ) -> list[dict]:
     """Per-conversation records in the docs/run-folder.md schema."""
     ids = env.ids.tolist()
@@ -181,11 +210,17 @@ def _records(
             }
             for t in range(env.length)
         ]
-        if kl_ref_t is not None:
-            ref = kl_ref_t[i].tolist()
+        if env.help_action is not None:
+            helped = env.helped[i].tolist()
+            for t, tok in enumerate(tokens):
+                tok["help"] = bool(helped[t])
+        if ref_t is not None:
+            r_kl, r_in, r_out = (ref_t[j, i].tolist() for j in range(3))
             for t, tok in enumerate(tokens):
                 if tok["speaker"] == "agent":
-                    tok["kl_tau"] = ref[t] if math.isfinite(ref[t]) else None
+                    tok["kl_tau"] = r_kl[t] if math.isfinite(r_kl[t]) else None
+                    tok["kl_tau_in"] = r_in[t] if math.isfinite(r_in[t]) else None
+                    tok["tau_out"] = r_out[t]
         rewards = [[t, r] for t, r in enumerate(rw[i]) if r != 0.0]
         out.append(
             {

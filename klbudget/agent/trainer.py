@@ -22,7 +22,8 @@ from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.ppo import Batch, ExtraLoss, ppo_update
 from klbudget.agent.rollout import Episode, run_episode
 from klbudget.base.hf import HFBase
-from klbudget.config import Config, to_toml
+from klbudget.base.protocol import BasePolicy
+from klbudget.config import Config, ConfigError, to_toml
 from klbudget.core.budget import ramp
 from klbudget.envs.chat import ChatEnv
 from klbudget.envs.format import ChatFormat
@@ -30,6 +31,7 @@ from klbudget.rewards.sentiment import make_sentiment
 from klbudget.runs import folder as rf
 
 Callback = Callable[[dict[str, float]], bool]  # metrics of one update → keep going?
+Demonstrator = Callable[[ChatEnv, int], list[int]]  # help: the tokens τ writes
 
 
 def chat_format(cfg: Config) -> ChatFormat:
@@ -39,16 +41,79 @@ def chat_format(cfg: Config) -> ChatFormat:
     )
 
 
-def build_env(cfg: Config, base: HFBase | None = None, n_envs: int | None = None) -> ChatEnv:
-    """The chat environment a config describes (loads the base model unless given)."""
+def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
+    """The base policy a config describes, and τ as demonstrator when it has a help action.
+
+    `base.kind = "single"` is model.path alone; "bayes" and "pessimistic" are
+    `klbudget.base.ensemble.EnsembleBase` over model.path (member 0: the student and the
+    agent's features) and base.members, with the prior from each member's held-out log-loss
+    (its imitator.json) tempered by base.demo_tokens.
+    """
+    m, b = cfg.model, cfg.base
+    first = HFBase(m.path, temperature=m.temperature, device=m.device)
+    if b.kind == "single":
+        return first, None
+    from klbudget.base.ensemble import EnsembleBase, demo_log_prior
+
+    paths = [m.path] + [p.strip() for p in b.members.split(",") if p.strip()]
+    members = [first] + [HFBase(p, temperature=m.temperature, device=m.device) for p in paths[1:]]
+    vocab = first.tokenizer.get_vocab()
+    for p, member in zip(paths[1:], members[1:], strict=True):
+        if member.tokenizer.get_vocab() != vocab:
+            raise ConfigError(f"base member {p} has a different tokenizer from {m.path}")
+    losses = [0.0] * len(paths)
+    if b.demo_tokens > 0:
+        losses = [_heldout_logloss(Path(p)) for p in paths]
+    try:
+        base = EnsembleBase(
+            members, kind=b.kind, log_prior=demo_log_prior(losses, b.demo_tokens),
+            alpha=b.alpha, update_on=b.update_on,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ConfigError(f"base: {err}") from err
+    if b.kind != "pessimistic":
+        return base, None
+    from klbudget.world import TeacherTokenModel, load_world
+    from klbudget.world.oracle import TauOracle
+
+    world = Path(b.world)
+    if not (world / "world.json").is_file():
+        raise ConfigError(f"base.world: {world} is not a world folder (no world.json)")
+    tm = TeacherTokenModel(
+        load_world(world).teacher, first.tokenizer, chat_format(cfg), first.vocab_size
+    )
+    oracle = TauOracle(tm, base.num_actions, help_mode=b.help)
+    return base, oracle.help
+
+
+def _heldout_logloss(folder: Path) -> float:
+    """A member's held-out log-loss on teacher tokens, from its imitator.json."""
+    import json
+
+    meta = folder / "imitator.json"
+    try:
+        return float(json.loads(meta.read_text())["heldout"]["imitator_teacher_logloss"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"base member {folder} has no held-out log-loss in imitator.json; "
+            "set base.demo_tokens=0 for a uniform prior"
+        ) from err
+
+
+def build_env(
+    cfg: Config,
+    base: BasePolicy | None = None,
+    n_envs: int | None = None,
+    demonstrator: Demonstrator | None = None,
+) -> ChatEnv:
+    """The chat environment a config describes (builds the base policy unless given)."""
     if cfg.model.threads > 0:
         torch.set_num_threads(cfg.model.threads)
-    base = base or HFBase(
-        cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device
-    )
+    if base is None:
+        base, demonstrator = build_base(cfg)
     return ChatEnv(
         base,
-        base.tokenizer,
+        base.tokenizer,  # type: ignore[attr-defined]
         make_sentiment(cfg.reward.kind, cfg.reward.model_dir),
         n_envs=n_envs or cfg.env.n_envs,
         length=cfg.env.length,
@@ -56,6 +121,7 @@ def build_env(cfg: Config, base: HFBase | None = None, n_envs: int | None = None
         student_temperature=cfg.env.student_temperature,
         max_reply_tokens=cfg.env.max_reply_tokens,
         device=cfg.model.device,
+        demonstrator=demonstrator,
     )
 
 

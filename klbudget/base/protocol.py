@@ -16,6 +16,10 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+# Who wrote a token, as the environment reports it to a base policy's optional
+# `observe(writers)` before each `step` (ensembles update their posterior with it).
+WRITER_AGENT, WRITER_ENV, WRITER_DEMONSTRATOR = 1, 2, 3
+
 
 @dataclass(frozen=True)
 class BaseStep:

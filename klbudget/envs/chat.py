@@ -12,6 +12,13 @@ reply pays (s + 1)/2 with s its sentiment. A reply cut off by the end of the epi
 scored as it stands if it has any content. The episode ends (truncated) when the transcript
 holds `length` tokens.
 
+Help (SYSTEM.md §5): when the base policy has an extra action after the vocabulary
+(`num_actions == vocab_size + 1`, a pessimistic imitator), that action asks the
+`demonstrator` to write instead: it is called as `demonstrator(env, i)` and returns the
+token ids to write (one token, or the rest of the teacher turn); they are marked in
+`env.helped`. A base policy with an `observe(writers)` method is told, before every step,
+who wrote each token (1 agent, 2 environment, 3 demonstrator).
+
 The API follows Gymnasium's vector form: `reset(*, seed, options) -> (obs, info)` and
 `step(actions) -> (obs, reward, terminated, truncated, info)`, with tensors of leading
 size N; `actions` is read only where `obs["agent_turn"]` is True.
@@ -25,7 +32,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from klbudget.base.protocol import BasePolicy, BaseStep
+from klbudget.base.protocol import (
+    WRITER_AGENT,
+    WRITER_DEMONSTRATOR,
+    WRITER_ENV,
+    BasePolicy,
+    BaseStep,
+)
 from klbudget.core.sampling import sample_categorical
 from klbudget.envs.format import ChatFormat
 from klbudget.rewards.sentiment import reply_reward
@@ -65,6 +78,7 @@ class Conversation:
     turn_ids: list[int] = field(default_factory=list)  # ids of the current turn
     forced: list[int] = field(default_factory=list)  # tokens the env must write next
     turn_start: int = 0  # index of the current turn's first token
+    helping: bool = False  # the forced tokens are the demonstrator's (a help step)
 
 
 class ChatEnv:
@@ -82,8 +96,14 @@ class ChatEnv:
         student_temperature: float = 0.05,
         max_reply_tokens: int = 48,
         device: str | torch.device = "cpu",
+        demonstrator: Callable[[ChatEnv, int], list[int]] | None = None,
     ) -> None:
         self.base = base
+        self.help_action = base.vocab_size if base.num_actions > base.vocab_size else None
+        if self.help_action is not None and demonstrator is None:
+            raise ValueError("the base policy has a help action but no demonstrator was given")
+        self.demonstrator = demonstrator
+        self._observe = getattr(base, "observe", None)
         self.chat = chat or ChatFormat()
         self.text = TokenText(tokenizer, base.vocab_size)
         self.sentiment = sentiment
@@ -114,6 +134,7 @@ class ChatEnv:
         n = self.n_envs
         self.ids = torch.empty(n, self.length, dtype=torch.long)
         self.speaker = torch.empty(n, self.length, dtype=torch.long)
+        self.helped = torch.zeros(n, self.length, dtype=torch.bool)
         t0 = len(self.prompt_ids)
         self.ids[:, :t0] = torch.tensor(self.prompt_ids)
         self.speaker[:, :t0] = PROMPT
@@ -133,10 +154,21 @@ class ChatEnv:
         tokens = torch.where(agent_turn, actions.to(torch.long).cpu(), student_tok)
         reward = torch.zeros(n)
         finished: list[tuple[int, int]] = []  # (row, reply start) whose reply just ended
+        writers = torch.full((n,), WRITER_ENV, dtype=torch.long)
         for i, conv in enumerate(self.convs):
+            if agent_turn[i] and self.help_action is not None and tokens[i] == self.help_action:
+                assert self.demonstrator is not None
+                conv.forced = list(self.demonstrator(self, i))
+                if not conv.forced:
+                    raise RuntimeError("the demonstrator wrote nothing for a help step")
+                conv.helping = True
             if conv.forced:
                 tokens[i] = conv.forced.pop(0)
             tok = int(tokens[i])
+            if conv.speaker == AGENT:
+                writers[i] = WRITER_DEMONSTRATOR if conv.helping else WRITER_AGENT
+                self.helped[i, self.t] = conv.helping
+                conv.helping = bool(conv.forced) and conv.helping
             self.speaker[i, self.t] = AGENT if conv.speaker == AGENT else ENV
             conv.turn_ids.append(tok)
             # Only the tail is needed to spot a hand-over at the end of the turn.
@@ -161,6 +193,8 @@ class ChatEnv:
         truncated = torch.full((n,), done)
         terminated = torch.zeros(n, dtype=torch.bool)
         if not done:
+            if self._observe is not None:
+                self._observe(writers)
             self._last = self.base.step(tokens.to(self.device))
         info = {"tokens": tokens}
         return self._obs(), reward, terminated, truncated, info

@@ -81,6 +81,8 @@ class EpisodeBuilder:
         log_ratio: float | Sequence[float] | None = None,
         kl_tau: Any = _UNSET,
         tau_logp: Any = _UNSET,
+        kl_tau_in: Any = _UNSET,
+        tau_out: Any = _UNSET,
         help: bool | Sequence[bool] | None = None,
         cls: str | None = None,
         in_support: bool | None = None,
@@ -88,7 +90,8 @@ class EpisodeBuilder:
         reward: float | None = None,
     ) -> EpisodeBuilder:
         """Append agent tokens. `log_ratio` defaults to `kl`. `kl_tau`/`tau_logp` (None means
-        JSON null, i.e. infinite) and `help` are written only when given. The turn is
+        JSON null, i.e. infinite), `kl_tau_in`, `tau_out` and `help` are written only when
+        given. The turn is
         annotated in `turns` when `cls`, `in_support` or `annotate` is given; `reward` is
         attached to the turn's last token (the hand-over)."""
         n = len(texts)
@@ -96,6 +99,8 @@ class EpisodeBuilder:
         ratios = _per_token(kl if log_ratio is None else log_ratio, n, "log_ratio")
         taus = [_UNSET] * n if kl_tau is _UNSET else _per_token(kl_tau, n, "kl_tau")
         logps = [_UNSET] * n if tau_logp is _UNSET else _per_token(tau_logp, n, "tau_logp")
+        ins = [_UNSET] * n if kl_tau_in is _UNSET else _per_token(kl_tau_in, n, "kl_tau_in")
+        outs = [_UNSET] * n if tau_out is _UNSET else _per_token(tau_out, n, "tau_out")
         helps = [_UNSET] * n if help is None else _per_token(help, n, "help")
         start = len(self.tokens)
         for k, text in enumerate(texts):
@@ -109,6 +114,8 @@ class EpisodeBuilder:
                 budget_left=self.budget_left,
                 kl_tau=taus[k],
                 tau_logp=logps[k],
+                kl_tau_in=ins[k],
+                tau_out=outs[k],
                 help=helps[k],
             )
         if cls is not None or in_support is not None or annotate:

@@ -189,9 +189,11 @@ def tau_support(episode: Episode) -> dict[str, float] | None:
     """τ-support of one episode from its `turns` annotation (SYSTEM.md §3).
 
     Returns `judged` (teacher turns with a known `in_support`), `violations` (those with
-    in_support false: turns τ could never produce), `kl_in_support` = Σ KL(π_t‖τ_t) over the
-    agent tokens of in-support teacher turns (None when `kl_tau` is missing there) and
-    `kl_pi_tau` = inf when violations > 0, else `kl_in_support`.
+    in_support false: turns τ could never produce), `kl_in_support` = Σ KL(π̃_t‖τ_t) over the
+    agent tokens of in-support teacher turns, where π̃_t is π_t conditioned on τ_t's support
+    (`kl_tau_in`; it equals KL(π_t‖τ_t) when π_t stays inside, and a token without it counts
+    its `kl_tau`; None when neither is recorded there), and `kl_pi_tau` = inf when
+    violations > 0, else `kl_in_support`.
     None when the episode has no annotation.
     """
     if episode.turns is None:
@@ -205,10 +207,11 @@ def tau_support(episode: Episode) -> dict[str, float] | None:
         for tok in episode.tokens[note.start : note.end]:
             if tok.speaker != "agent":
                 continue
-            if tok.kl_tau is None:
+            value = tok.kl_tau if tok.kl_tau_in is None else tok.kl_tau_in
+            if value is None or math.isnan(value):
                 kl_in = None
                 break
-            kl_in += tok.kl_tau
+            kl_in += value
         if kl_in is None:
             break
     kl_pi_tau = math.inf if violations > 0 else kl_in
@@ -226,7 +229,9 @@ def tau_support_summary(episodes: Sequence[Episode]) -> dict[str, float] | None:
     `violation_share` = violating teacher turns / judged teacher turns;
     `episodes_with_violation` = share of episodes with at least one violation;
     `kl_pi_tau_mean` = mean over episodes of KL(π‖τ): inf as soon as any episode violates;
-    `kl_in_support_mean` = mean over episodes of the finite in-support part.
+    `kl_in_support_mean` = mean over episodes of the in-support part;
+    `off_support_mass_mean` = mean over agent tokens of the mass π_t put outside τ_t's
+    support (`tau_out`; None when not recorded).
     None when no episode has a judged teacher turn.
     """
     per = [s for e in episodes if (s := tau_support(e)) is not None and s["judged"] > 0]
@@ -236,12 +241,15 @@ def tau_support_summary(episodes: Sequence[Episode]) -> dict[str, float] | None:
     violations = sum(s["violations"] for s in per)
     kl_in = [s["kl_in_support"] for s in per]
     kl_in_mean = None if any(k is None for k in kl_in) else float(np.mean(kl_in))
+    out = [t.tau_out for e in episodes for t in e.tokens if t.speaker == "agent"]
+    out = [x for x in out if x is not None and not math.isnan(x)]
     return {
         "judged_turns": judged,
         "violation_share": violations / judged,
         "episodes_with_violation": sum(s["violations"] > 0 for s in per) / len(per),
         "kl_pi_tau_mean": math.inf if violations > 0 else kl_in_mean,
         "kl_in_support_mean": kl_in_mean,
+        "off_support_mass_mean": float(np.mean(out)) if out else None,
     }
 
 

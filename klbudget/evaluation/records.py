@@ -46,6 +46,8 @@ class Token:
     kl_tau: float | None = None  # KL(π_t‖τ_t); None: not annotated, inf: τ(token) = 0
     tau_logp: float | None = None  # log τ_t(token); None: not annotated, -inf: τ(token) = 0
     help: bool | None = None  # the demonstrator wrote this token; None: not annotated
+    kl_tau_in: float | None = None  # KL(π̃_t‖τ_t), π̃_t = π_t conditioned on τ_t's support
+    tau_out: float | None = None  # π_t's mass outside τ_t's support
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ def parse_token(obj: Any, where: str) -> Token:
         kl_tau=None if kl_tau is None else max(kl_tau, 0.0),
         tau_logp=_optional_float(obj, "tau_logp", where, null=-math.inf),
         help=_optional_bool(obj, "help", where),
+        kl_tau_in=_optional_float(obj, "kl_tau_in", where, null=math.nan),
+        tau_out=_optional_float(obj, "tau_out", where, null=math.nan),
     )
 
 

@@ -6,21 +6,45 @@
    reused from the cache;
 3. PPO agents with per-episode KL budgets (10 and 20 nats, `demo` preset) are trained
    against β;
-4. each is evaluated (agent and β acting alone, at L and 2L) and a report compares them.
+4. each is evaluated (agent, β acting alone and τ acting, at L and 2L) and a report
+   compares them.
+
+With `bases` beyond "single" (SYSTEM.md §5) an ensemble of imitators is trained too (member
+0 is β itself, the others bootstrap resamples with other seeds), and agents are trained
+against the Bayesian mixture ("bayes") and the pessimistic imitator with help
+("pessimistic") at the same budgets. `help_fractions` adds the help-rate study: ensembles
+fitted on a fraction of the demonstrations, their pessimistic base acting alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
-from klbudget.agent.trainer import Trainer
-from klbudget.config import ConfigError, apply_overrides, preset, replace_fields
+import torch
+
+from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.rollout import run_episode
+from klbudget.agent.trainer import Trainer, build_env
+from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
+from klbudget.evaluation import metrics as m
+from klbudget.evaluation.records import parse_episode
 from klbudget.pipelines.evaluate import evaluate_run
 from klbudget.report.html import build_report
-from klbudget.runs.folder import RunFolderError
-from klbudget.world import ImitatorConfig, WorldConfig, build_world, read_report, train_imitator
+from klbudget.runs.folder import RunFolderError, atomic_write_text
+from klbudget.world import (
+    ImitatorConfig,
+    WorldConfig,
+    build_world,
+    read_report,
+    train_ensemble,
+    train_imitator,
+)
+
+BASE_KINDS = ("single", "bayes", "pessimistic")
 
 
 def run_demo(
@@ -32,6 +56,9 @@ def run_demo(
     imitator_set: list[str] | None = None,
     train_set: list[str] | None = None,
     eval_episodes: int = 32,
+    bases: tuple[str, ...] = ("single",),
+    ensemble: int = 3,
+    help_fractions: tuple[float, ...] = (),
     progress: bool = True,
 ) -> list[dict]:
     """Run the whole demo into `out` (which must be new); returns the summary rows."""
@@ -39,6 +66,13 @@ def run_demo(
         raise RunFolderError(f"{out} already holds files; choose a new --out")
     if not budgets:
         raise ConfigError("the demo needs at least one budget")
+    unknown = [b for b in bases if b not in BASE_KINDS]
+    if unknown or not bases:
+        raise ConfigError(f"unknown base kind(s) {unknown}; known: {', '.join(BASE_KINDS)}")
+    if ensemble < 2 and (set(bases) - {"single"} or help_fractions):
+        raise ConfigError("an ensemble needs at least 2 members")
+    if any(not 0 < f <= 1 for f in help_fractions):
+        raise ConfigError(f"help fractions must be in (0, 1], got {list(help_fractions)}")
     t0 = time.perf_counter()
     world_cfg = replace_fields(WorldConfig(), world_set or [], "world")
     imit_cfg = replace_fields(ImitatorConfig(), imitator_set or [], "imitator")
@@ -50,16 +84,33 @@ def run_demo(
     say(f"[2/4] imitator (cached under {cache})", flush=True)
     model = train_imitator(world_dir, imit_cfg, cache, progress=progress)
     held = read_report(model).get("heldout", {})
+    members = [model]
+    if set(bases) - {"single"}:
+        say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
+        members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
     runs = []
-    for i, budget in enumerate(budgets):
-        run = out / f"agent_B{budget:g}"
-        cfg = apply_overrides(
-            base_cfg, [f"model.path={model}", f"budget.total={budget}"]
-        ).validate()
-        say(f"[3/4] agent {i + 1}/{len(budgets)}: budget {budget:g} nats -> {run}", flush=True)
+    plan = [(kind, budget) for kind in bases for budget in budgets]
+    for i, (kind, budget) in enumerate(plan):
+        name = f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
+        run = out / name
+        cfg = apply_overrides(base_cfg, [f"model.path={model}", f"budget.total={budget}"])
+        cfg = _with_base(cfg, kind, members, world_dir).validate()
+        say(f"[3/4] agent {i + 1}/{len(plan)}: {kind} base, {budget:g} nats -> {run}", flush=True)
         Trainer(cfg, run, progress=progress).learn()
         evaluate_run(run, episodes=eval_episodes, world=world_dir, progress=progress)
         runs.append(run)
+    study = []
+    for f in help_fractions:
+        say(f"[3/4] help study: ensemble on {f:g} of the demonstrations", flush=True)
+        part = dataclasses.replace(imit_cfg, train_fraction=f)
+        folders = train_ensemble(world_dir, part, ensemble, cache, progress=progress)
+        cfg = apply_overrides(base_cfg, [f"model.path={folders[0]}", "budget.total=0"])
+        cfg = _with_base(cfg, "pessimistic", folders, world_dir).validate()
+        row = base_alone(cfg, eval_episodes, seed=777)
+        row.update(fraction=f, transcripts=read_report(folders[0])["train_transcripts"])
+        study.append(row)
+    if study:
+        atomic_write_text(out / "help_study.json", json.dumps(study, indent=1) + "\n")
     report = build_report(runs, out / "report.html")
     say("[4/4] report", flush=True)
     rows = _summary(runs)
@@ -68,25 +119,75 @@ def run_demo(
         f"{held.get('imitator_teacher_logloss', float('nan')):.3f} nats/token, "
         f"τ entropy {held.get('tau_teacher_entropy', float('nan')):.3f}")  # fmt: skip
     say(_table(rows))
+    if study:
+        say(_study_table(study))
     say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
     return rows
 
 
+def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Config:
+    if kind == "single":
+        return cfg
+    return apply_overrides(cfg, [
+        f"base.kind={kind}", f"base.members={','.join(map(str, members[1:]))}",
+        f"base.world={world}",
+    ])  # fmt: skip
+
+
+def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
+    """The base policy acting alone (budget 0) for `episodes` episodes: help rate, empty-turn
+    fraction and τ-support violations, from the same records the evaluation writes."""
+    from klbudget.pipelines.evaluate import _oracle
+
+    env = build_env(cfg)
+    base = env.base
+    oracle = _oracle(Path(cfg.base.world), base, cfg)
+    obs_dim = base.feature_dim + 2
+    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for i in range(math.ceil(episodes / env.n_envs)):
+        ep = run_episode(
+            env, actor, critic, budget=0.0, mode="expected", budget_scale=1.0, generator=g,
+            seed=seed + i, policy="base", reference=oracle,
+        )  # fmt: skip
+        for rec in ep.records:
+            oracle.annotate(rec)
+            rec["episode"] = len(eps)
+            eps.append(parse_episode(rec, "help study"))
+    support = m.tau_support_summary(eps) or {}
+    return {
+        "help_rate": m.help_rate(eps),
+        "empty": (m.empty_turn_summary(eps) or {}).get("mean"),
+        "outside": support.get("violation_share"),
+        "return": float(sum(e.return_ for e in eps) / len(eps)),
+    }
+
+
 def _summary(runs: list[Path]) -> list[dict]:
-    rows = []
+    """One row per run, policy and length; β and τ rows once per (base kind, length)."""
+    rows, seen = [], set()
     for run in runs:
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        kind = run.name.split("_B")[0].replace("agent", "single")
         for _, ev in sorted(metrics["eval"].items()):
+            policy = ev["policy"]
+            key = (kind if policy == "base" else "", policy, ev["length"])
+            if policy != "agent":
+                if key in seen:
+                    continue
+                seen.add(key)
             rows.append({
-                "run": run.name,
-                "policy": ev["policy"],
+                "run": run.name if policy == "agent" else ("τ" if policy == "tau" else kind),
+                "policy": policy,
                 "L": ev["length"],
                 "return": _num(ev, "reward", "mean"),
                 "empty": _num(ev, "empty_turn_frac", "mean"),
+                "outside": _num(ev, "tau_support", "violation_share"),
                 "kl_base": _num(ev, "kl_to_base", "exact", "mean"),
                 "kl_base_max": _num(ev, "kl_to_base", "exact_max"),
-                "outside": _num(ev, "tau_support", "violation_share"),
                 "kl_tau": _num(ev, "tau_support", "kl_in_support_mean"),
+                "help": _num(ev, "help_rate"),
             })  # fmt: skip
     return rows
 
@@ -98,19 +199,39 @@ def _num(obj: dict, *keys: str) -> float:
     return float(obj) if isinstance(obj, (int, float)) else float("nan")
 
 
+COLUMNS = (  # key, header, width, format
+    ("return", "return", 7, ".2f"),
+    ("empty", "empty", 6, ".3f"),
+    ("outside", "∉supp τ", 8, ".3f"),
+    ("kl_base", "KL(π‖β)", 8, ".3f"),
+    ("kl_base_max", "max", 7, ".3f"),
+    ("kl_tau", "KL(π‖τ)*", 9, ".3f"),
+    ("help", "help", 6, ".3f"),
+)
+
+
 def _table(rows: list[dict]) -> str:
-    head = (
-        f"{'run':<12} {'policy':<6} {'L':>4} {'return':>7} {'empty':>6} {'KL(π‖β)':>8} {'max':>7}"
-    )
+    cols = [c for c in COLUMNS if c[0] != "help" or any(not math.isnan(r["help"]) for r in rows)]
+    head = f"{'run':<16} {'policy':<6} {'L':>4} " + " ".join(f"{h:>{w}}" for _, h, w, _ in cols)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(
-            f"{r['run']:<12} {r['policy']:<6} {r['L']:>4} {r['return']:>7.2f} {r['empty']:>6.3f} "
-            f"{r['kl_base']:>8.3f} {r['kl_base_max']:>7.3f} {r['outside']:>8.3f} "
-            f"{r['kl_tau']:>9.3f}"
-        )
+        cells = " ".join(f"{r[k]:>{w}{f}}" for k, _, w, f in cols)
+        lines.append(f"{r['run']:<16} {r['policy']:<6} {r['L']:>4} {cells}")
     lines.append(
-        "∉supp τ: share of teacher turns τ could never write; KL(π‖τ)*: exact, summed over "
-        "the tokens of in-support turns, mean per episode"
+        "∉supp τ: share of teacher turns τ could never write. KL(π‖β): exact, per episode, "
+        "against the run's base (β, ξ or ν_α with help).\nKL(π‖τ)*: exact KL(π̃‖τ) summed "
+        "over the agent tokens of in-support turns, π̃ = π conditioned on τ's support at each "
+        "step; mean per episode."
     )
+    return "\n".join(lines)
+
+
+def _study_table(study: list[dict]) -> str:
+    lines = [
+        "\nhelp rate of the pessimistic base acting alone, by demonstration data:",
+        f"{'fraction':>8} {'transcripts':>11} {'help':>6} {'empty':>6} {'∉supp τ':>8}",
+    ]
+    for r in study:
+        lines.append(f"{r['fraction']:>8g} {r['transcripts']:>11d} {r['help_rate']:>6.3f} "
+                     f"{r['empty'] or 0.0:>6.3f} {r['outside'] or 0.0:>8.3f}")  # fmt: skip
     return "\n".join(lines)

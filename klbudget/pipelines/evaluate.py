@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 
 from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
-from klbudget.agent.trainer import build_env
-from klbudget.base.hf import HFBase
+from klbudget.agent.trainer import build_base, build_env, chat_format
+from klbudget.base.protocol import BasePolicy
 from klbudget.config import Config, load
 from klbudget.evaluation.summary import compute_all
 from klbudget.runs import folder as rf
 
 
-def load_agent(run_dir: Path, cfg: Config, base: HFBase) -> tuple[Actor, Critic]:
+def load_agent(run_dir: Path, cfg: Config, base: BasePolicy) -> tuple[Actor, Critic]:
     """Actor and critic from the newest checkpoint of a run."""
     stem = rf.latest_checkpoint(run_dir)
     if stem is None:
@@ -36,13 +36,15 @@ def load_agent(run_dir: Path, cfg: Config, base: HFBase) -> tuple[Actor, Critic]
     return actor, critic
 
 
-def _oracle(world: Path, base: HFBase):
+def _oracle(world: Path, base: BasePolicy, cfg: Config):
     from klbudget.world import TeacherTokenModel, load_world
     from klbudget.world.oracle import TauOracle
 
     if not (world / "world.json").is_file():
         raise rf.RunFolderError(f"{world} is not a world folder (no world.json)")
-    tm = TeacherTokenModel(load_world(world).teacher, base.tokenizer)
+    tm = TeacherTokenModel(
+        load_world(world).teacher, base.tokenizer, chat_format(cfg), base.vocab_size
+    )
     return TauOracle(tm, base.num_actions)
 
 
@@ -66,9 +68,9 @@ def evaluate_run(
         raise rf.RunFolderError(f"{run_dir} is not a run folder (no config.toml)")
     cfg = load(saved)
     lengths = lengths or [cfg.env.length, 2 * cfg.env.length]
-    base = HFBase(cfg.model.path, temperature=cfg.model.temperature, device=cfg.model.device)
+    base, demonstrator = build_base(cfg)
     actor, critic = load_agent(run_dir, cfg, base)
-    oracle = _oracle(world, base) if world is not None else None
+    oracle = _oracle(world, base, cfg) if world is not None else None
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     policies = [("agent", cfg.budget.total), ("base", 0.0)]
@@ -78,7 +80,7 @@ def evaluate_run(
     bar = tqdm(total=len(lengths) * len(policies) * n_batches, desc="eval", disable=not progress)
     for length in lengths:
         lcfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, length=length))
-        env = build_env(lcfg, base=base)
+        env = build_env(lcfg, base=base, demonstrator=demonstrator)
         for policy, budget in policies:
             g = torch.Generator().manual_seed(seed)
             records = []

@@ -13,7 +13,13 @@ imitator.py     ImitatorConfig, train_imitator (cached HF model folder), held-ou
 
 from klbudget.world.config import WorldConfig
 from klbudget.world.corpus import World, build_world, load_split, load_world
-from klbudget.world.imitator import ImitatorConfig, read_report, train_imitator
+from klbudget.world.imitator import (
+    ImitatorConfig,
+    ensemble_configs,
+    read_report,
+    train_ensemble,
+    train_imitator,
+)
 from klbudget.world.token_model import TeacherTokenModel
 
 __all__ = [
@@ -22,8 +28,10 @@ __all__ = [
     "World",
     "WorldConfig",
     "build_world",
+    "ensemble_configs",
     "load_split",
     "load_world",
     "read_report",
+    "train_ensemble",
     "train_imitator",
 ]

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,8 @@ class ImitatorConfig:
     num_threads: int = 0  # torch CPU threads while training; 0 keeps torch's setting
     eval_transcripts: int = 200  # held-out transcripts in the report (0: all)
     probe_samples: int = 16  # student replies sampled per teacher class in the reward probe
+    train_fraction: float = 1.0  # fit β on the first fraction of the training transcripts
+    bootstrap: int = 0  # > 0: fit on a bootstrap resample (with replacement) drawn with this seed
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -74,13 +76,19 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+# Fields added after the first release enter the cache key only when they differ from their
+# default, so folders trained before they existed keep their keys.
+_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0}
+
+
 def imitator_key(corpus_dir: str | Path, cfg: ImitatorConfig) -> str:
     """Cache key: the imitator config, the corpus bytes it trains on, and the code versions."""
     corpus = Path(corpus_dir)
+    config = {k: v for k, v in cfg.to_dict().items() if _LATER_FIELDS.get(k, object()) != v}
     return stable_hash(
         {
             "imitator_version": IMITATOR_VERSION,
-            "config": cfg.to_dict(),
+            "config": config,
             "world": json.loads((corpus / "world.json").read_text())["hash"],
             "train": _file_digest(corpus / "train.jsonl"),
             "heldout": _file_digest(corpus / "heldout.jsonl"),
@@ -335,6 +343,17 @@ def student_reward_probe(
     return out
 
 
+def demonstrations(train: list[dict], cfg: ImitatorConfig) -> list[dict]:
+    """The transcripts β is fitted on: a prefix of the split, optionally resampled."""
+    if not 0 < cfg.train_fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
+    part = train[: max(1, round(cfg.train_fraction * len(train)))]
+    if cfg.bootstrap <= 0:
+        return part
+    rng = np.random.default_rng(cfg.bootstrap)
+    return [part[i] for i in rng.integers(0, len(part), size=len(part))]
+
+
 def train_imitator(
     corpus_dir: str | Path, cfg: ImitatorConfig, cache_root: str | Path, progress: bool = True
 ) -> Path:
@@ -354,10 +373,13 @@ def train_imitator(
     if cfg.eval_transcripts:
         heldout = heldout[: cfg.eval_transcripts]
     t0 = time.perf_counter()
+    # The tokenizer always sees the whole training split, so that imitators fitted on parts
+    # or resamples of it (ensemble members) share one vocabulary.
     tokenizer = train_tokenizer((r["text"] for r in train), cfg.vocab_size)
+    fitted = demonstrations(train, cfg)
     # Whole-text tokenization equals piecewise (canonical) tokenization (tokenizer.py).
     inputs, targets = _windows(
-        [encode(tokenizer, r["text"]) for r in train], cfg.block_size + 1, tokenizer.eos_token_id
+        [encode(tokenizer, r["text"]) for r in fitted], cfg.block_size + 1, tokenizer.eos_token_id
     )
     with _threads(cfg.num_threads):
         model = make_model(cfg, tokenizer)
@@ -373,7 +395,8 @@ def train_imitator(
         "world_hash": world.cfg.hash,
         "n_params": n_params(model),
         "vocab_size": len(tokenizer),
-        "train_transcripts": len(train),
+        "train_transcripts": len(fitted),
+        "distinct_train_transcripts": len({id(r) for r in fitted}),
         "threads": torch.get_num_threads() if cfg.num_threads <= 0 else cfg.num_threads,
         "seconds": {"prepare": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
         "train_curve": curve,
@@ -390,6 +413,29 @@ def train_imitator(
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def ensemble_configs(cfg: ImitatorConfig, k: int) -> list[ImitatorConfig]:
+    """Configs of a K-member ensemble (SYSTEM.md §5): member 0 is ``cfg`` itself (the single
+    imitator, fitted on the whole split); member j ≥ 1 has seed ``cfg.seed + j`` and bootstrap
+    resample j."""
+    if k < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {k}")
+    return [cfg] + [replace(cfg, seed=cfg.seed + j, bootstrap=j) for j in range(1, k)]
+
+
+def train_ensemble(
+    corpus_dir: str | Path,
+    cfg: ImitatorConfig,
+    k: int,
+    cache_root: str | Path,
+    progress: bool = True,
+) -> list[Path]:
+    """Fit (or fetch from the cache) the members of :func:`ensemble_configs`; their folders."""
+    return [
+        train_imitator(corpus_dir, member, cache_root, progress=progress)
+        for member in ensemble_configs(cfg, k)
+    ]
 
 
 def read_report(folder: str | Path) -> dict:

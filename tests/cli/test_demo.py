@@ -22,10 +22,12 @@ def test_demo_tiny(tmp_path, capsys):
         "--imitator-set", "probe_samples=1", "--imitator-set", "batch_size=4",
         "--set", "env.n_envs=4", "--set", "env.length=100", "--set", "train.total_agent_steps=200",
         "--set", "ppo.tokens_per_update=100", "--set", "ppo.minibatch=50",
+        "--bases", "single,bayes,pessimistic", "--ensemble", "2", "--help-fractions", "0.5",
     ])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
-    assert "report:" in text and "agent_B4" in text
+    assert "report:" in text and "agent_B4" in text and "pessimistic_B4" in text
+    assert "help rate of the pessimistic base" in text
     assert (out / "report.html").is_file()
     metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
     assert set(metrics["eval"]) == {
@@ -40,3 +42,14 @@ def test_demo_tiny(tmp_path, capsys):
     # Expected-mode budget: no evaluation episode of the agent exceeds 4 nats.
     assert metrics["eval"]["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     assert metrics["eval"]["base_L100"]["kl_to_base"]["exact_max"] == 0.0
+
+    # The pessimistic base: help is taken, every agent run keeps its budget against its base.
+    pess = json.loads((out / "pessimistic_B4" / "eval" / "metrics.json").read_text())["eval"]
+    assert pess["base_L100"]["help_rate"] > 0
+    assert pess["tau_L100"]["tau_support"]["violation_share"] == 0.0
+    bayes = json.loads((out / "bayes_B4" / "eval" / "metrics.json").read_text())["eval"]
+    assert bayes["base_L100"]["help_rate"] is None  # no help action in the mixture
+    for ev in (pess, bayes):
+        assert ev["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
+    study = json.loads((out / "help_study.json").read_text())
+    assert [r["fraction"] for r in study] == [0.5] and study[0]["help_rate"] > 0

@@ -192,9 +192,22 @@ def test_tau_support_summary_pools_turns() -> None:
         "episodes_with_violation": 0.5,
         "kl_pi_tau_mean": math.inf,
         "kl_in_support_mean": (2.75 + 0.5) / 2,
+        "off_support_mass_mean": None,
     }
     only_clean = m.tau_support_summary([episode(clean)])
     assert only_clean is not None and only_clean["kl_pi_tau_mean"] == 0.5
+
+
+def test_tau_support_uses_the_support_conditioned_kl() -> None:
+    # π_t put mass 0.1 and 0.3 outside τ_t's support: KL(π_t‖τ_t) is infinite (null) at
+    # both tokens, KL(π̃_t‖τ_t) of π conditioned on the support is 0.2 and 0.1.
+    b = EpisodeBuilder()
+    b.teacher([" a", HAND_OVER], kl_tau=None, kl_tau_in=[0.2, 0.1], tau_out=[0.1, 0.3],
+              in_support=True)  # fmt: skip
+    s = m.tau_support(episode(b))
+    assert s is not None and s["kl_in_support"] == pytest.approx(0.3)
+    summary = m.tau_support_summary([episode(b)])
+    assert summary is not None and summary["off_support_mass_mean"] == pytest.approx(0.2)
 
 
 def test_behaviour_ledger() -> None:

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from klbudget.world.config import WorldConfig
 from klbudget.world.corpus import World, build_world, load_split, load_world
+from klbudget.world.imitator import ImitatorConfig, train_imitator
 from klbudget.world.token_model import TeacherTokenModel
 from klbudget.world.tokenizer import train_tokenizer
 
@@ -46,3 +47,36 @@ def small_tokenizer(small_dir: Path) -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def small_tm(small_world: World, small_tokenizer: PreTrainedTokenizerFast) -> TeacherTokenModel:
     return TeacherTokenModel(small_world.teacher, small_tokenizer, small_world.fmt)
+
+
+# A 1-layer imitator that trains in seconds on the small world.
+TINY_IMITATOR = ImitatorConfig(
+    vocab_size=400,
+    n_layer=1,
+    n_embd=32,
+    n_head=2,
+    mlp_ratio=2,
+    block_size=96,
+    max_position=128,
+    steps=60,
+    batch_size=8,
+    lr=1e-2,
+    warmup_steps=5,
+    eval_transcripts=4,
+    probe_samples=1,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_imitator_cfg() -> ImitatorConfig:
+    return TINY_IMITATOR
+
+
+@pytest.fixture(scope="session")
+def imitator_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("imitator_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(small_dir: Path, imitator_cache: Path) -> Path:
+    return train_imitator(small_dir, TINY_IMITATOR, imitator_cache, progress=False)

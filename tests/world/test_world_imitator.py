@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -15,27 +14,6 @@ from klbudget.world.corpus import load_split, load_world, record_turns
 from klbudget.world.imitator import ImitatorConfig, heldout_report, read_report, train_imitator
 from klbudget.world.token_model import TeacherTokenModel
 from klbudget.world.tokenizer import encode, transcript_pieces
-
-TINY = ImitatorConfig(
-    vocab_size=400,
-    n_layer=1,
-    n_embd=32,
-    n_head=2,
-    mlp_ratio=2,
-    block_size=96,
-    max_position=128,
-    steps=60,
-    batch_size=8,
-    lr=1e-2,
-    warmup_steps=5,
-    eval_transcripts=4,
-    probe_samples=1,
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_imitator(small_dir, TINY, tmp_path_factory.mktemp("cache"), progress=False)
 
 
 def test_loss_falls_and_report_is_sane(tiny_folder: Path) -> None:
@@ -50,7 +28,9 @@ def test_loss_falls_and_report_is_sane(tiny_folder: Path) -> None:
     assert 0 < meta["n_params"] < 200_000
 
 
-def test_folder_loads_with_auto_classes_and_cache_hits(small_dir: Path, tiny_folder: Path) -> None:
+def test_folder_loads_with_auto_classes_and_cache_hits(
+    small_dir: Path, tiny_folder: Path, tiny_imitator_cfg: ImitatorConfig
+) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_folder, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(tiny_folder, local_files_only=True)
     assert (tiny_folder / "model.safetensors").exists()
@@ -59,7 +39,10 @@ def test_folder_loads_with_auto_classes_and_cache_hits(small_dir: Path, tiny_fol
     ids = torch.tensor([encode(tok, load_split(small_dir, "heldout")[0]["text"])[:50]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
     t = time.perf_counter()
-    assert train_imitator(small_dir, TINY, tiny_folder.parent, progress=False) == tiny_folder
+    assert (
+        train_imitator(small_dir, tiny_imitator_cfg, tiny_folder.parent, progress=False)
+        == tiny_folder
+    )
     assert time.perf_counter() - t < 2.0
 
 
