@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.policy import Actor, Critic, observation
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import build_base, build_env, chat_format
-from klbudget.base.protocol import BasePolicy
+from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy
 from klbudget.config import Config, load
+from klbudget.core.budget import spend
 from klbudget.evaluation.summary import compute_all
 from klbudget.runs import folder as rf
+from klbudget.world.token_model import TeacherTokenModel
 
 
 def load_agent(run_dir: Path, cfg: Config, base: BasePolicy) -> tuple[Actor, Critic]:
@@ -55,13 +57,15 @@ def evaluate_run(
     lengths: list[int] | None = None,
     seed: int = 12345,
     world: Path | None = None,
+    heldout: int = 32,
     progress: bool = True,
 ) -> dict:
     """Write evaluation episodes and `eval/metrics.json`; returns the metrics.
 
     With `world` (the folder the base model's demonstrations came from), τ plays too, every
-    agent token carries the exact KL(π_t‖τ_t), and teacher turns are annotated with τ's
-    support and behaviour class.
+    agent token carries the exact KL(π_t‖τ_t), teacher turns are annotated with τ's
+    support and behaviour class, and `heldout` of the world's held-out demonstrations are
+    scored teacher-forced for the calibration loss (`eval/heldout_<policy>.jsonl`).
     """
     saved = run_dir / "config.toml"
     if not saved.is_file():
@@ -104,4 +108,101 @@ def evaluate_run(
             rf.append_jsonl(tmp, records[:episodes])
             os.replace(tmp, path)
     bar.close()
+    if oracle is not None:
+        held = heldout_logprobs(cfg, base, actor, oracle.tm, world, heldout)
+        for policy, recs in held.items():
+            path = out / f"heldout_{policy}.jsonl"
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            rf.append_jsonl(tmp, recs)
+            os.replace(tmp, path)
     return compute_all(run_dir)
+
+
+@torch.no_grad()
+def heldout_logprobs(
+    cfg: Config,
+    base: BasePolicy,
+    actor: Actor,
+    tm: TeacherTokenModel,
+    world: Path,
+    n_transcripts: int,
+) -> dict[str, list[dict]]:
+    """Teacher-forced log-probabilities of the teacher tokens of held-out demonstrations.
+
+    For the agent (at the run's full budget, spent along the transcript as in an episode),
+    for the base acting alone and for τ itself. Transcripts are cut at the training length.
+    With a help action the probability of token v is x_v + x_help·τ_v (τ writes it), and
+    the demonstrator's tokens are reported to the base as evidence (they are τ's).
+    """
+    from klbudget.world.corpus import load_split, record_turns
+    from klbudget.world.tokenizer import encode, transcript_pieces
+
+    fmt = chat_format(cfg)
+    tok = base.tokenizer  # type: ignore[attr-defined]
+    length = cfg.env.length
+    help_v = base.vocab_size if base.num_actions > base.vocab_size else None
+    rows = []  # (ids, [(position, history, prefix)] for teacher tokens)
+    for rec in load_split(world, "heldout")[:n_transcripts]:
+        turns = record_turns(rec)
+        pieces = [encode(tok, p) for p in transcript_pieces(fmt, turns)]
+        ids = [t for p in pieces for t in p][:length]
+        teacher, pos = [], len(pieces[0])
+        for i, ((speaker, _), piece) in enumerate(zip(turns, pieces[1:], strict=True)):
+            for j in range(len(piece)):
+                if speaker == "teacher" and pos < len(ids):
+                    teacher.append((pos, turns[:i], piece[:j]))
+                pos += 1
+        rows.append((ids, teacher))
+    out: dict[str, list[dict]] = {"agent": [], "base": [], "tau": []}
+    scale = max(cfg.budget.total, 1.0)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 0
+    for b0 in range(0, len(rows), cfg.env.n_envs):
+        batch = rows[b0 : b0 + cfg.env.n_envs]
+        n, width = len(batch), max(len(ids) for ids, _ in batch)
+        x = torch.full((n, width), eos, dtype=torch.long)
+        for r, (ids, _) in enumerate(batch):
+            x[r, : len(ids)] = torch.tensor(ids)
+        where = {(r, p): (h, y) for r, (_, tt) in enumerate(batch) for p, h, y in tt}
+        t0 = min(p for _, tt in batch for p, _, _ in tt) if where else width
+        step = base.reset(x[:, :t0], capacity=width)
+        left = torch.full((n,), float(cfg.budget.total))
+        logs: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in out}
+        for t in range(t0, width):
+            rs = [r for r in range(n) if (r, t) in where]
+            if rs:
+                ri = torch.tensor(rs)
+                v = x[ri, t]
+                log_tau = torch.stack([
+                    tm.next_token_logprobs(*where[(r, t)])[: base.vocab_size] for r in rs
+                ]).float()  # fmt: skip
+                o = observation(step.features[ri], torch.full((len(rs),), t / length),
+                                left[ri], scale)  # fmt: skip
+                played = actor(o, step.logp[ri], left[ri])
+                for name, log_x in (("agent", played.log_x), ("base", step.logp[ri])):
+                    if help_v is not None:
+                        log_x = torch.logaddexp(log_x[:, :help_v], log_x[:, help_v:] + log_tau)
+                    for k, r in enumerate(rs):
+                        logs[name][r].append(float(log_x[k, v[k]]))
+                for k, r in enumerate(rs):
+                    logs["tau"][r].append(float(log_tau[k, v[k]]))
+                ratio = played.log_x.gather(-1, v[:, None]).squeeze(-1)
+                ratio = ratio - step.logp[ri].gather(-1, v[:, None]).squeeze(-1)
+                active = torch.ones(len(rs), dtype=torch.bool)
+                mode = cfg.budget.mode
+                left[ri] = spend(left[ri], mode=mode, log_ratio=ratio, kl=played.kl, active=active)  # type: ignore[arg-type]
+            if t + 1 < width:
+                observe = getattr(base, "observe", None)
+                if observe is not None:
+                    writers = torch.full((n,), WRITER_ENV)
+                    for r in rs:
+                        writers[r] = WRITER_DEMONSTRATOR
+                    observe(writers)
+                step = base.step(x[:, t])
+        for name, per_row in logs.items():
+            for r, lps in enumerate(per_row):
+                out[name].append({
+                    "transcript": b0 + r, "n": len(lps),
+                    "teacher_logp": [lp if math.isfinite(lp) else None for lp in lps],
+                })  # fmt: skip
+    return out

@@ -208,7 +208,8 @@ SET_ROWS = (
     ("kl_to_base.over_budget_frac", "episodes over budget"),
     ("tau_support.violation_share", "τ-support violations (share of teacher turns)"),
     ("tau_support.kl_pi_tau_mean", "KL(π‖τ), mean per episode"),
-    ("tau_support.kl_in_support_mean", "KL(π‖τ) over in-support turns, mean"),
+    ("tau_support.kl_in_support_mean", "KL(π̃‖τ) over in-support turns, π̃ = π given τ's support"),
+    ("tau_support.off_support_mass_mean", "mass π puts outside τ's support, mean per step"),
     ("help_rate", "help rate (share of agent steps)"),
 )
 

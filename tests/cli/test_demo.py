@@ -53,3 +53,11 @@ def test_demo_tiny(tmp_path, capsys):
         assert ev["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     study = json.loads((out / "help_study.json").read_text())
     assert [r["fraction"] for r in study] == [0.5] and study[0]["help_rate"] > 0
+    # Calibration on held-out demonstrations, teacher-forced: τ (the truth) beats the barely
+    # trained imitator; the pessimistic base with help is scored too.
+    cal = metrics["calibration"]
+    assert cal["tau"]["tokens"] == cal["base"]["tokens"] == cal["agent"]["tokens"] > 0
+    assert cal["tau"]["loss"] < cal["base"]["loss"]
+    assert cal["agent_minus_base"] is not None
+    pess_cal = json.loads((out / "pessimistic_B4" / "eval" / "metrics.json").read_text())
+    assert pess_cal["calibration"]["base"]["loss"] is not None

@@ -69,6 +69,9 @@ def test_train_writes_documented_run_folder(tiny_model, tmp_path):
         (["--set", "budget.mode=sometimes"], "budget.mode"),
         (["--set", "model.path=/no/such/model"], "no model folder at /no/such/model"),
         (["--set", "oops"], "bad override"),
+        (["--set", "base.kind=pessimistic"], "base.members must name"),
+        (["--set", "base.kind=bayes", "--set", "base.members=/no/such"], "no model folder"),
+        (["--set", "base.help=sometimes"], "base.help must be token|turn"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tiny_model, tmp_path, args, needle):
