@@ -26,8 +26,8 @@ class TauOracle:
     As the environment's `demonstrator` (help, SYSTEM.md §5), τ writes the next teacher token
     (`help_mode="token"`) or the rest of the teacher turn (`"turn"`), sampled with the
     environment's generator. After a turn prefix that τ could never have written, τ has no
-    next token; asked for help there, it ends the turn: it writes the hand-over to the
-    student.
+    next token; asked for help there, it appends one whole turn of its own (content and
+    hand-over), so a help step never produces an empty turn.
     """
 
     def __init__(self, tm: TeacherTokenModel, num_actions: int, help_mode: str = "token") -> None:
@@ -62,7 +62,10 @@ class TauOracle:
         """The tokens τ writes when conversation i asks for help (class docstring)."""
         history, prefix = self.context(env, i)
         if not self.tm.prefix_in_support(history, prefix):
-            return env.text.encode(env.chat.to_student)
+            # τ has no next token after this prefix: it finishes the turn with one whole turn
+            # of its own, drawn from P(u | h), so help never produces an empty turn.
+            p = torch.from_numpy(self.tm.tau.turn_probs(history))
+            return list(self.tm.turn_ids[int(torch.multinomial(p, 1, generator=env.generator))])
         if self.help_mode == "turn":
             return self.tm.sample_continuation(history, prefix, env.generator)
         return [self.tm.sample_next_token(history, prefix, env.generator)]
