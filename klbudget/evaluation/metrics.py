@@ -165,7 +165,8 @@ def kl_to_base(episode: Episode) -> tuple[float, float]:
 
 def kl_to_base_summary(episodes: Sequence[Episode]) -> dict[str, object] | None:
     """Across episodes: the exact and realized KL(π‖β) described, the largest exact KL, and
-    the share of episodes whose exact KL exceeds their budget."""
+    the share of episodes whose exact KL exceeds their budget (None for τ, which plays
+    without a budget)."""
     if not episodes:
         return None
     pairs = [kl_to_base(e) for e in episodes]
@@ -178,7 +179,9 @@ def kl_to_base_summary(episodes: Sequence[Episode]) -> dict[str, object] | None:
         "exact": describe(exact),
         "realized": describe([p[1] for p in pairs]),
         "exact_max": max(exact),
-        "over_budget_frac": sum(over) / len(over),
+        "over_budget_frac": None
+        if all(e.policy == "tau" for e in episodes)
+        else sum(over) / len(over),
     }
 
 

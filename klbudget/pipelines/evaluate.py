@@ -102,21 +102,21 @@ def evaluate_run(
                 bar.update(1)
             for n, rec in enumerate(records[:episodes]):
                 rec["episode"] = n
-            path = out / f"episodes_{policy}_L{length}.jsonl"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            rf.append_jsonl(tmp, records[:episodes])
-            os.replace(tmp, path)
+            _replace_jsonl(out / f"episodes_{policy}_L{length}.jsonl", records[:episodes])
     bar.close()
     if oracle is not None:
         held = heldout_logprobs(cfg, base, actor, oracle.tm, world, heldout)
         for policy, recs in held.items():
-            path = out / f"heldout_{policy}.jsonl"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            rf.append_jsonl(tmp, recs)
-            os.replace(tmp, path)
+            _replace_jsonl(out / f"heldout_{policy}.jsonl", recs)
     return compute_all(run_dir)
+
+
+def _replace_jsonl(path: Path, records: list[dict]) -> None:
+    """Write `records` to `path` as JSONL, replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    rf.append_jsonl(tmp, records)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()

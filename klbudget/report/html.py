@@ -205,7 +205,7 @@ SET_ROWS = (
     ("kl_to_base.exact.mean", "KL(π‖β) exact, mean per episode"),
     ("kl_to_base.realized.mean", "KL(π‖β) realized (Σ log-ratio), mean"),
     ("kl_to_base.exact_max", "KL(π‖β) exact, max"),
-    ("kl_to_base.over_budget_frac", "episodes over budget"),
+    ("kl_to_base.over_budget_frac", "share of episodes over budget"),
     ("tau_support.violation_share", "τ-support violations (share of teacher turns)"),
     ("tau_support.kl_pi_tau_mean", "KL(π‖τ), mean per episode"),
     ("tau_support.kl_in_support_mean", "KL(π̃‖τ) over in-support turns, π̃ = π given τ's support"),
@@ -562,6 +562,41 @@ details{margin:.4em 0}summary{cursor:pointer}
 )
 
 
+HELP_STUDY_COLUMNS = (
+    ("fraction", "share of the demonstrations"),
+    ("transcripts", "transcripts"),
+    ("help_rate", "help rate"),
+    ("empty", "empty-turn fraction"),
+    ("outside", "τ-support violations"),
+    ("return", "return, mean"),
+)
+
+
+def help_study_section(runs: Sequence[RunData]) -> str:
+    """The demo's help study (`help_study.json` beside the runs), when there is one."""
+    parents = {r.path.resolve().parent for r in runs}
+    path = parents.pop() / "help_study.json" if len(parents) == 1 else None
+    if path is None or not path.is_file():
+        return ""
+    try:
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("expected a list of objects")
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: {err}") from err
+    head = "".join(f"<th>{html_text(t)}</th>" for _, t in HELP_STUDY_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{fmt_num(r.get(k))}</td>" for k, _ in HELP_STUDY_COLUMNS) + "</tr>"
+        for r in rows
+    )
+    return (
+        '<section id="help-study"><h2>Help rate and demonstration data</h2>'
+        "<p>The pessimistic base ν_α acting alone (budget 0), with ensembles fitted on a share "
+        "of the demonstrations.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>"
+    )
+
+
 def render(
     runs: Sequence[RunData], plots: dict[str, bytes | None], fmt: ChatFormat | None = None
 ) -> str:
@@ -577,6 +612,8 @@ def render(
     for name, title, _ in PLOTS:
         table = TABLES[name](runs) if name in TABLES else ""
         sections.append(plot_section(name, title, plots.get(name), table))
+    study = help_study_section(runs)
+    sections.append(study)
     sections.append(transcripts_section(runs, fmt))
     nav = "".join(
         f'<a href="#{n}">{html_text(t)}</a>'
@@ -584,6 +621,7 @@ def render(
             ("summary", "Summary"),
             ("config", "Configuration"),
             *[(n, t) for n, t, _ in PLOTS],
+            *([("help-study", "Help study")] if study else []),
             ("transcripts", "Transcripts"),
         ]
     )

@@ -39,6 +39,7 @@ def test_demo_tiny(tmp_path, capsys):
     assert tau["tau_support"]["violation_share"] == 0.0
     assert tau["tau_support"]["judged_turns"] > 0
     assert abs(tau["tau_support"]["kl_in_support_mean"]) < 1e-5
+    assert tau["kl_to_base"]["over_budget_frac"] is None  # τ plays without a budget
     # Expected-mode budget: no evaluation episode of the agent exceeds 4 nats.
     assert metrics["eval"]["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     assert metrics["eval"]["base_L100"]["kl_to_base"]["exact_max"] == 0.0
@@ -53,6 +54,7 @@ def test_demo_tiny(tmp_path, capsys):
         assert ev["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     study = json.loads((out / "help_study.json").read_text())
     assert [r["fraction"] for r in study] == [0.5] and study[0]["help_rate"] > 0
+    assert "Help rate and demonstration data" in (out / "report.html").read_text()
     # Calibration on held-out demonstrations, teacher-forced: τ (the truth) beats the barely
     # trained imitator; the pessimistic base with help is scored too.
     cal = metrics["calibration"]
