@@ -159,6 +159,15 @@ def run_episode(
     )
 
 
+def played_tokens(log_x: Tensor, log_ref: Tensor, help_action: int | None) -> Tensor:
+    """log of the next-token distribution actually written: x itself, or with a help action
+    (index V) x_v + x_help·r_v, since the demonstrator r writes the token on help."""
+    if help_action is None:
+        return log_x
+    v = help_action
+    return torch.logaddexp(log_x[:, :v], log_x[:, v : v + 1] + log_ref[:, :v])
+
+
 def kl_to_reference(
     log_x: Tensor, log_ref: Tensor, help_action: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -170,12 +179,8 @@ def kl_to_reference(
     the demonstrator's draw with the help probability, so p_v = x_v + x_help·r_v (exact for
     the step's first token in either help mode).
     """
-    if help_action is None:
-        played = log_x
-    else:
-        v = help_action
-        played = torch.logaddexp(log_x[:, :v], log_x[:, v : v + 1] + log_ref[:, :v])
-        log_ref = log_ref[:, :v]
+    played = played_tokens(log_x, log_ref, help_action)
+    log_ref = log_ref[:, : played.shape[-1]]
     inside = torch.isfinite(log_ref)
     log_in = torch.logsumexp(played.masked_fill(~inside, -torch.inf), -1)  # log p(supp r)
     conditioned = (played - log_in[:, None]).masked_fill(~inside, -torch.inf)

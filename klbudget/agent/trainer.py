@@ -88,11 +88,10 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
 
 def _heldout_logloss(folder: Path) -> float:
     """A member's held-out log-loss on teacher tokens, from its imitator.json."""
-    import json
+    from klbudget.world import read_report
 
-    meta = folder / "imitator.json"
     try:
-        return float(json.loads(meta.read_text())["heldout"]["imitator_teacher_logloss"])
+        return float(read_report(folder)["heldout"]["imitator_teacher_logloss"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"base member {folder} has no held-out log-loss in imitator.json; "

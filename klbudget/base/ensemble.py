@@ -114,10 +114,6 @@ class EnsembleBase:
         self._member_logp: Tensor | None = None  # (N, K, V) at the current position
         self._writers: Tensor | None = None
 
-    @property
-    def has_help(self) -> bool:
-        return self.kind == "pessimistic"
-
     # -- protocol ------------------------------------------------------------------------
     def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:
         steps = [m.reset(input_ids, capacity) for m in self.members]

@@ -30,6 +30,11 @@ class BaseStep:
     features: Tensor  # (B, F) agent observation: last-3-layer hidden states, concatenated
 
 
+def help_action(base: BasePolicy) -> int | None:
+    """Index of the help action (V) when the base policy has one, else None."""
+    return base.vocab_size if base.num_actions > base.vocab_size else None
+
+
 @runtime_checkable
 class BasePolicy(Protocol):
     """Batched next-token model with an incremental cache over aligned conversations."""

@@ -38,6 +38,7 @@ from klbudget.base.protocol import (
     WRITER_ENV,
     BasePolicy,
     BaseStep,
+    help_action,
 )
 from klbudget.core.sampling import sample_categorical
 from klbudget.envs.format import ChatFormat
@@ -99,7 +100,7 @@ class ChatEnv:
         demonstrator: Callable[[ChatEnv, int], list[int]] | None = None,
     ) -> None:
         self.base = base
-        self.help_action = base.vocab_size if base.num_actions > base.vocab_size else None
+        self.help_action = help_action(base)
         if self.help_action is not None and demonstrator is None:
             raise ValueError("the base policy has a help action but no demonstrator was given")
         self.demonstrator = demonstrator

@@ -32,7 +32,7 @@ from klbudget.agent.trainer import Trainer, build_env
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import parse_episode
-from klbudget.pipelines.evaluate import evaluate_run
+from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
 from klbudget.report.html import build_report
 from klbudget.runs.folder import RunFolderError, atomic_write_text
 from klbudget.world import (
@@ -137,11 +137,9 @@ def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Conf
 def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
     """The base policy acting alone (budget 0) for `episodes` episodes: help rate, empty-turn
     fraction and τ-support violations, from the same records the evaluation writes."""
-    from klbudget.pipelines.evaluate import _oracle
-
     env = build_env(cfg)
     base = env.base
-    oracle = _oracle(Path(cfg.base.world), base, cfg)
+    oracle = tau_oracle(Path(cfg.base.world), base, cfg)
     obs_dim = base.feature_dim + 2
     actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
     g = torch.Generator().manual_seed(seed)

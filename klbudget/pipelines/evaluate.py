@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from klbudget.agent.policy import Actor, Critic, observation
-from klbudget.agent.rollout import run_episode
+from klbudget.agent.rollout import played_tokens, run_episode
 from klbudget.agent.trainer import build_base, build_env, chat_format
-from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy
+from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy, help_action
 from klbudget.config import Config, load
 from klbudget.core.budget import spend
 from klbudget.evaluation.summary import compute_all
@@ -38,7 +38,7 @@ def load_agent(run_dir: Path, cfg: Config, base: BasePolicy) -> tuple[Actor, Cri
     return actor, critic
 
 
-def _oracle(world: Path, base: BasePolicy, cfg: Config):
+def tau_oracle(world: Path, base: BasePolicy, cfg: Config):
     from klbudget.world import TeacherTokenModel, load_world
     from klbudget.world.oracle import TauOracle
 
@@ -74,7 +74,7 @@ def evaluate_run(
     lengths = lengths or [cfg.env.length, 2 * cfg.env.length]
     base, demonstrator = build_base(cfg)
     actor, critic = load_agent(run_dir, cfg, base)
-    oracle = _oracle(world, base, cfg) if world is not None else None
+    oracle = tau_oracle(world, base, cfg) if world is not None else None
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     policies = [("agent", cfg.budget.total), ("base", 0.0)]
@@ -141,7 +141,8 @@ def heldout_logprobs(
     fmt = chat_format(cfg)
     tok = base.tokenizer  # type: ignore[attr-defined]
     length = cfg.env.length
-    help_v = base.vocab_size if base.num_actions > base.vocab_size else None
+    help_v = help_action(base)
+    observe = getattr(base, "observe", None)
     rows = []  # (ids, [(position, history, prefix)] for teacher tokens)
     for rec in load_split(world, "heldout")[:n_transcripts]:
         turns = record_turns(rec)
@@ -180,8 +181,7 @@ def heldout_logprobs(
                                 left[ri], scale)  # fmt: skip
                 played = actor(o, step.logp[ri], left[ri])
                 for name, log_x in (("agent", played.log_x), ("base", step.logp[ri])):
-                    if help_v is not None:
-                        log_x = torch.logaddexp(log_x[:, :help_v], log_x[:, help_v:] + log_tau)
+                    log_x = played_tokens(log_x, log_tau, help_v)
                     for k, r in enumerate(rs):
                         logs[name][r].append(float(log_x[k, v[k]]))
                 for k, r in enumerate(rs):
@@ -192,7 +192,6 @@ def heldout_logprobs(
                 mode = cfg.budget.mode
                 left[ri] = spend(left[ri], mode=mode, log_ratio=ratio, kl=played.kl, active=active)  # type: ignore[arg-type]
             if t + 1 < width:
-                observe = getattr(base, "observe", None)
                 if observe is not None:
                     writers = torch.full((n,), WRITER_ENV)
                     for r in rs:

@@ -652,6 +652,7 @@ def build_report(
     _unique_labels(runs)
     labelled = [(r.label, r.metrics) for r in runs]
     plots = {name: fn(labelled) for name, _, fn in PLOTS}
+    page = render(runs, plots, fmt)  # before anything is written: a bad input writes nothing
     files = out.with_name(out.stem + "_files")
     files.mkdir(parents=True, exist_ok=True)
     for name, png in plots.items():
@@ -660,5 +661,5 @@ def build_report(
             target.unlink(missing_ok=True)  # a figure from an older report would mislead
         else:
             target.write_bytes(png)
-    write_text_atomic(out, render(runs, plots, fmt))
+    write_text_atomic(out, page)
     return out

@@ -15,9 +15,18 @@ from torch import Tensor
 
 from klbudget.base.protocol import BaseStep
 from klbudget.envs.chat import ChatEnv
+from klbudget.envs.format import ChatFormat
 from klbudget.world.token_model import TeacherTokenModel
 
 HELP_MODES = ("token", "turn")
+
+
+def history_before_teacher_turn(fmt: ChatFormat, text: str) -> list[tuple[str, str]]:
+    """The finished turns of a transcript that is in a teacher turn. The current teacher
+    turn, begun or not (at the start of the chat it is split as an empty teacher turn), is
+    the last split turn unless a student turn is."""
+    turns = fmt.split_turns(text)
+    return turns[:-1] if turns and turns[-1][0] == "teacher" else turns
 
 
 class TauOracle:
@@ -40,12 +49,8 @@ class TauOracle:
     @staticmethod
     def context(env: ChatEnv, i: int) -> tuple[list[tuple[str, str]], list[int]]:
         """(history, current teacher-turn prefix ids) of conversation i in its teacher turn."""
-        turns = env.chat.split_turns(env.transcript(i))
-        # The current teacher turn, begun or not (at the start of the chat it is split as an
-        # empty teacher turn), is the last split turn unless a student turn is.
-        if turns and turns[-1][0] == "teacher":
-            turns = turns[:-1]
-        return turns, list(env.convs[i].turn_ids)
+        history = history_before_teacher_turn(env.chat, env.transcript(i))
+        return history, list(env.convs[i].turn_ids)
 
     def __call__(self, env: ChatEnv, rows: Tensor) -> Tensor:
         """(R, A) float32 log τ over actions for the conversations `rows` (teacher's turn)."""
@@ -157,8 +162,6 @@ class TauBase:
                 text = self.tm.tokenizer.decode(
                     self.ids[i][: len(self.ids[i]) - len(self.turn_ids[i])]
                 )
-                history = self.fmt.split_turns(text)
-                if history and history[-1][0] == "teacher":  # the empty turn at the start
-                    history = history[:-1]
+                history = history_before_teacher_turn(self.fmt, text)
                 logp[i] = self.tm.next_token_logprobs(history, self.turn_ids[i]).float()
         return BaseStep(env_logits=torch.zeros(n, v), logp=logp, features=torch.zeros(n, 1))

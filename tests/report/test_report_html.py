@@ -244,3 +244,17 @@ def test_bad_run_folders(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     assert issubclass(ReportError, ValueError)
     assert not (tmp_path / "r.html").exists()
+
+
+def test_help_study_section_and_corrupt_study(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "demo" / "runA")
+    study = tmp_path / "demo" / "help_study.json"
+    study.write_text('[{"fraction": 0.5, "transcripts": 20, "help_rate": 0.25, "empty": 0.0, '
+                     '"outside": "<script>x</script>", "return": 1.5}]')  # fmt: skip
+    page = build_report([run], tmp_path / "r.html").read_text()
+    assert "Help rate and demonstration data" in page and "<td>0.25</td>" in page
+    assert "<script>x" not in page and "&lt;script&gt;x" in page
+    study.write_text('{"bad": ')
+    with pytest.raises(ReportError, match="help_study.json"):
+        build_report([run], tmp_path / "r2.html")
+    assert not (tmp_path / "r2.html").exists() and not (tmp_path / "r2_files").exists()
