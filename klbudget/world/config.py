@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 # Bumped whenever a change to the world's code changes what a config generates.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 def stable_hash(payload: object, length: int = 12) -> str:
@@ -39,6 +39,8 @@ class WorldConfig:
     context_boost: float = 4.0  # odds multiplier of the class that answers the student's reply
     off_style_weight: float = 0.1  # weight of a class's sentences outside the style's subset
     transcript_pretokens: int = 280  # a transcript grows until it has this many pre-tokens
+    n_openers: int = 400  # size of the pool of teacher openers ("Well, ..."); 0: no openers
+    opener_persistence: float = 0.95  # ρ: a teacher turn keeps the last turn's opener
 
     def __post_init__(self) -> None:
         if self.n_styles < 1 or self.teacher_pool_size < 1 or self.student_pool_size < 1:
@@ -49,6 +51,11 @@ class WorldConfig:
             # Zero would take sentences out of τ's support for some histories; the support is
             # kept history-independent on purpose (see teacher.py).
             raise ValueError("context_boost and off_style_weight must be positive")
+        if self.n_openers < 0:
+            raise ValueError("n_openers must be >= 0")
+        if not 0.0 <= self.opener_persistence < 1.0:
+            # ρ = 1 would make τ's support depend on the history (teacher.py).
+            raise ValueError("opener_persistence must lie in [0, 1)")
         if self.n_train < 1 or self.n_heldout < 1:
             raise ValueError("both splits need at least one transcript")
 

@@ -3,7 +3,8 @@
 A world folder holds
 
     world.json      config, its hash, chat format, the pools (teacher sentences with class
-                    and home style, student sentences with category); written last, so its
+                    and home style, student sentences with category, the teacher's
+                    openers); written last, so its
                     presence marks a complete folder
     train.jsonl     one demonstration per line
     heldout.jsonl   the held-out split, same schema
@@ -66,6 +67,7 @@ class World:
             cfg.student_pool_size,
             (cfg.teacher_min_words, cfg.teacher_max_words),
             (cfg.student_min_words, cfg.student_max_words),
+            cfg.n_openers,
         )
         return World.from_pools(cfg, pools, fmt)
 
@@ -115,6 +117,7 @@ class World:
             "format": asdict(self.fmt),
             "teacher_sentences": teacher,
             "student_sentences": student,
+            "openers": list(self.teacher.openers),
         }
 
 
@@ -162,6 +165,7 @@ def load_world(world_dir: str | Path) -> World:
             k: tuple(r["text"] for r in manifest["student_sentences"] if r["category"] == k)
             for k in STUDENT_CATEGORIES
         },
+        openers=tuple(manifest.get("openers", ())),
     )
     world = World.from_pools(
         WorldConfig(**manifest["config"]), pools, ChatFormat(**manifest["format"])

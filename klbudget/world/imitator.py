@@ -247,16 +247,15 @@ def heldout_report(
     for logp, (turns, piece_ids) in zip(logps, layouts, strict=True):
         pos = len(piece_ids[0])  # first token after the prompt
         for i, ((speaker, _), ids) in enumerate(zip(turns, piece_ids[1:], strict=True)):
-            if speaker == "teacher":
-                trie = teacher_tm.trie
-                p_turn = trie.to_sorted(world.teacher.turn_probs(turns[:i]))
-            else:
-                trie = student_trie
-                p_turn = trie.to_sorted(world.student.reply_probs(turns[i - 1][1]))
+            if speaker == "student":
+                p_reply = student_trie.to_sorted(world.student.reply_probs(turns[i - 1][1]))
             for j, v in enumerate(ids):
                 if pos >= block_size:
                     break
-                tokens, q = trie.next_token_dist(p_turn, ids[:j])
+                if speaker == "teacher":
+                    tokens, q = teacher_tm.next_token_dist(turns[:i], ids[:j])
+                else:
+                    tokens, q = student_trie.next_token_dist(p_reply, ids[:j])
                 hit = np.flatnonzero(tokens == v)
                 if not hit.size:
                     raise ValueError("a held-out turn lies outside the world's support")

@@ -69,8 +69,7 @@ class TauOracle:
         if not self.tm.prefix_in_support(history, prefix):
             # τ has no next token after this prefix: it finishes the turn with one whole turn
             # of its own, drawn from P(u | h), so help never produces an empty turn.
-            p = torch.tensor(self.tm.tau.turn_probs(history))  # a copy: the array is read-only
-            return list(self.tm.turn_ids[int(torch.multinomial(p, 1, generator=env.generator))])
+            return self.tm.sample_continuation(history, [], env.generator)
         if self.help_mode == "turn":
             return self.tm.sample_continuation(history, prefix, env.generator)
         return [self.tm.sample_next_token(history, prefix, env.generator)]

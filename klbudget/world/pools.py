@@ -15,6 +15,9 @@ student categories
     negative   compound <= -0.4
     neutral    |compound| < 0.05
 
+Openers: capitalised words that open a chat line before a comma ("Well, ...", "Honestly, ...");
+a seeded draw of ``n_openers`` of them (teacher.py says how τ uses them).
+
 Teacher sentences are single sentences that open with a capital letter; all sentences are
 printable ASCII with no newline and no chat tag, so that a rendered transcript splits back
 into the same turns. A seeded draw without replacement picks ``pool_size`` sentences from
@@ -157,6 +160,7 @@ class Pools:
 
     teacher: dict[str, tuple[str, ...]]  # class -> sentences
     student: dict[str, tuple[str, ...]]  # category -> sentences
+    openers: tuple[str, ...] = ()  # the teacher's opening words (teacher.py), sorted
 
 
 def _fill(
@@ -185,12 +189,38 @@ def _fill(
     raise ValueError(f"not enough sentences for pools of {k}: {short}")
 
 
+_OPENER = re.compile(r"^([A-Z][a-z]{1,11}), [A-Za-z]")
+
+
+def opener_candidates() -> tuple[str, ...]:
+    """Words people open a chat line with before a comma ("Well, ...", "Honestly, ..."):
+    a capitalised word of 2-12 letters, sorted; the teacher blocklist applies."""
+    words = set()
+    for line in chat_lines():
+        m = _OPENER.match(line)
+        if m and not _TEACHER_BLOCKLIST.search(m.group(1)):
+            words.add(m.group(1))
+    return tuple(sorted(words))
+
+
+def draw_openers(seed: int, n: int) -> tuple[str, ...]:
+    """n openers drawn uniformly without replacement (seeded), sorted."""
+    if n == 0:
+        return ()
+    words = opener_candidates()
+    if n > len(words):
+        raise ValueError(f"only {len(words)} openers are available, asked for {n}")
+    pick = np.random.default_rng([seed, 5]).choice(len(words), size=n, replace=False)
+    return tuple(sorted(words[i] for i in pick))
+
+
 def build_pools(
     seed: int,
     teacher_pool_size: int,
     student_pool_size: int,
     teacher_words: tuple[int, int],
     student_words: tuple[int, int],
+    n_openers: int = 0,
 ) -> Pools:
     """Seeded pools; the same arguments give the same pools on every machine."""
     lines = chat_lines()
@@ -209,4 +239,4 @@ def build_pools(
         np.random.default_rng([seed, 2]),
         exclude=frozenset(s for pool in teacher.values() for s in pool),
     )
-    return Pools(teacher=teacher, student=student)
+    return Pools(teacher=teacher, student=student, openers=draw_openers(seed, n_openers))

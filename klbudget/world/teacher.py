@@ -18,12 +18,25 @@ conversation, which an imitator can pick up in context.
 
     P(u | h) = Σ_s P(s | h) · P(u | s, x(h)),   P(s | h) ∝ Π_{t ∈ h, u_t ∈ U} P(u_t | s, x_t)
 
+Openers (``n_openers`` > 0). Each teacher turn then opens with the teacher's own word, a
+per-conversation habit drawn from a large pool O of rare variants: the content is
+"<opener>, <body>" where the body is the sentence u with its first letter lowered (body_of).
+The opener follows a Markov chain over the τ-writable teacher turns:
+
+    o_1 ~ Uniform(O),   o_t = o_{t'} with probability ρ, else ~ Uniform(O)
+
+where t' is the last earlier teacher turn τ could have written (``opener_persistence`` = ρ),
+independently of the body, so P(o, u | h) = P(o | h) · P(u | h). Copying the opener from the
+last teacher turn predicts it almost surely, and the pool is too large to memorise per
+conversation: an imitator learns to copy, in context, what followed the teacher tag before
+(the in-context learning of SYSTEM.md §4), while τ itself never writes an empty turn.
+
 Any history is allowed. Student replies are read as text (reply_category: '?' then VADER), so
 replies outside the student pool are fine. Previous teacher turns that τ could never have
 written (empty turns included) carry no evidence about the style and are ignored; turns that
 τ could have written count as evidence whoever wrote them. Every class has positive
 probability in every context and every weight is positive, so τ's support, the union U of the
-class pools, does not depend on the history.
+class pools (times O, with openers, since ρ < 1), does not depend on the history.
 """
 
 from __future__ import annotations
@@ -72,6 +85,15 @@ def draw_index(cdf: np.ndarray, rng: np.random.Generator) -> int:
     return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
 
 
+def body_of(sentence: str) -> str:
+    """The sentence as it reads after an opener: first letter lowered, except for "I", "I'm",
+    ... and all-caps words."""
+    first = sentence.split(" ", 1)[0]
+    if first == "I" or first.startswith("I'") or (len(first) > 1 and first.isupper()):
+        return sentence
+    return sentence[0].lower() + sentence[1:]
+
+
 def context_of(history: Sequence[Turn]) -> str:
     """Category x of the last student reply in ``history`` ("start" when there is none)."""
     for speaker, content in reversed(history):
@@ -85,6 +107,8 @@ class Teacher:
 
     def __init__(self, pools: Pools, cfg: WorldConfig, cache_size: int = 4096) -> None:
         self.cfg = cfg
+        self.openers: tuple[str, ...] = tuple(pools.openers)  # O; empty: turns are sentences
+        self.rho = cfg.opener_persistence
         sentences: list[str] = []
         classes: list[str] = []
         homes: list[np.ndarray] = []
@@ -96,9 +120,16 @@ class Teacher:
         self.sentences: tuple[str, ...] = tuple(sentences)  # the support U, in class order
         self.classes: tuple[str, ...] = tuple(classes)  # class of each sentence
         self.home = np.concatenate(homes)  # (U,) home style of each sentence
-        self._index = {u: i for i, u in enumerate(self.sentences)}
+        # What a turn's content holds after the opener (the sentence itself without openers).
+        self.bodies: tuple[str, ...] = (
+            tuple(body_of(u) for u in self.sentences) if self.openers else self.sentences
+        )
+        self._index = {u: i for i, u in enumerate(self.bodies)}
         if len(self._index) != len(self.sentences):
             raise ValueError("teacher pools overlap")
+        self._opener_index = {o: i for i, o in enumerate(self.openers)}
+        if len(self._opener_index) != len(self.openers):
+            raise ValueError("openers repeat")
         S, U = cfg.n_styles, len(self.sentences)
         cls_idx = np.array([TEACHER_CLASSES.index(c) for c in self.classes])
         w = np.where(self.home[None, :] == np.arange(S)[:, None], 1.0, cfg.off_style_weight)
@@ -117,18 +148,34 @@ class Teacher:
         self._cache_size = cache_size
 
     # --- support and classes (history-independent, see module docstring) -------------------
+    def parse(self, content: str) -> tuple[int, int] | None:
+        """(opener index, sentence index) of a turn τ can write (opener index -1 without
+        openers), or None outside the support (exact string match)."""
+        if not self.openers:
+            i = self._index.get(content)
+            return None if i is None else (-1, i)
+        opener, sep, body = content.partition(", ")
+        o, i = self._opener_index.get(opener), self._index.get(body)
+        return None if not sep or o is None or i is None else (o, i)
+
+    def content(self, opener: int, sentence: int) -> str:
+        """The turn τ writes with this opener (ignored without openers) and sentence."""
+        body = self.bodies[sentence]
+        return f"{self.openers[opener]}, {body}" if self.openers else body
+
     def in_support(self, content: str) -> bool:
         """Whether τ can write a teacher turn with this content (exact string match)."""
-        return content in self._index
+        return self.parse(content) is not None
 
     def classify(self, content: str) -> str | None:
         """Behaviour class of a teacher turn's content, or None when τ cannot write it."""
-        i = self._index.get(content)
-        return None if i is None else self.classes[i]
+        hit = self.parse(content)
+        return None if hit is None else self.classes[hit[1]]
 
     def index(self, content: str) -> int | None:
-        """Position of ``content`` in :attr:`sentences`, or None outside the support."""
-        return self._index.get(content)
+        """Position of the turn's sentence in :attr:`sentences`, or None outside the support."""
+        hit = self.parse(content)
+        return None if hit is None else hit[1]
 
     # --- Bayes over styles ---------------------------------------------------------------
     def style_log_posterior(self, history: Sequence[Turn]) -> np.ndarray:
@@ -139,7 +186,7 @@ class Teacher:
             if speaker == "student":
                 context = reply_category(content)
             elif speaker == "teacher":
-                i = self._index.get(content)
+                i = self.index(content)
                 if i is not None:  # unwritable turns carry no evidence (module docstring)
                     logp = logp + self.log_table[CONTEXTS.index(context), :, i]
             else:
@@ -167,19 +214,47 @@ class Teacher:
             self._cache.popitem(last=False)
         return p
 
+    def last_opener(self, history: Sequence[Turn]) -> int | None:
+        """Opener index of the last teacher turn in ``history`` that τ could have written."""
+        for speaker, content in reversed(history):
+            hit = self.parse(content) if speaker == "teacher" else None
+            if hit is not None:
+                return hit[0]
+        return None
+
+    def opener_probs(self, history: Sequence[Turn]) -> np.ndarray:
+        """P(o | h) over :attr:`openers`, shape (O,), float64 (module docstring); (0,) without
+        openers."""
+        n = len(self.openers)
+        p = np.full(n, 1.0 / n if n else 0.0)
+        last = self.last_opener(history) if n else None
+        if last is not None:
+            p *= 1.0 - self.rho
+            p[last] += self.rho
+        return p
+
     def turn_logprob(self, history: Sequence[Turn], content: str) -> float:
-        """log P(u | h); -inf when τ cannot write ``content``."""
-        i = self._index.get(content)
-        return float("-inf") if i is None else float(np.log(self.turn_probs(history)[i]))
+        """log P(o, u | h); -inf when τ cannot write ``content``."""
+        hit = self.parse(content)
+        if hit is None:
+            return float("-inf")
+        o, i = hit
+        lp = float(np.log(self.turn_probs(history)[i]))
+        return lp + float(np.log(self.opener_probs(history)[o])) if self.openers else lp
 
     # --- sampling --------------------------------------------------------------------------
+    def _draw_opener(self, history: Sequence[Turn], rng: np.random.Generator) -> int:
+        return draw_index(np.cumsum(self.opener_probs(history)), rng) if self.openers else -1
+
     def sample_turn(self, history: Sequence[Turn], rng: np.random.Generator) -> str:
-        """u ~ P(u | h): the next teacher turn from τ's predictive distribution."""
-        return self.sentences[int(rng.choice(len(self.sentences), p=self.turn_probs(history)))]
+        """(o, u) ~ P(o | h) P(u | h): the next teacher turn from τ's predictive distribution."""
+        i = int(rng.choice(len(self.sentences), p=self.turn_probs(history)))
+        return self.content(self._draw_opener(history, rng), i)
 
     def sample_turn_given_style(
         self, style: int, history: Sequence[Turn], rng: np.random.Generator
     ) -> str:
-        """u ~ P(u | s, x(h)): the generative draw used to write the demonstration corpus."""
+        """(o, u) ~ P(o | h) P(u | s, x(h)): the generative draw that writes the corpus."""
         cdf = self._cdf[CONTEXTS.index(context_of(history)), style]
-        return self.sentences[draw_index(cdf, rng)]
+        i = draw_index(cdf, rng)
+        return self.content(self._draw_opener(history, rng), i)

@@ -8,7 +8,11 @@ image of its turn distribution P(u | h) (teacher.py) under u ↦ ids(y(u)):
     τ(v | h, y_{<t}) = Σ_{u: ids(y(u)) starts with y_{<t} v} P(u | h)
                        / Σ_{u: ids(y(u)) starts with y_{<t}} P(u | h)
 
-computed with a trie (trie.py). Consequences, by construction:
+computed with a trie (trie.py). With openers (teacher.py) a turn is " o," + " body" + hand-over,
+both pieces pre-token aligned so that its tokens are ids(" o,") + ids(" body\n\nStudent:"), and
+P(o, u | h) = P(o | h) P(u | h) factorises: the prefix walks an opener trie until it holds a
+whole opener, then the sentence trie, each under its own factor. Consequences, by
+construction:
 - A non-canonical token sequence for a sentence τ can write has τ-probability 0, as has any
   turn outside τ's support, the empty turn included.
 - After a prefix that no supported turn starts with, τ's conditional does not exist:
@@ -55,24 +59,58 @@ class TeacherTokenModel:
         self.fmt = fmt or ChatFormat()
         # A model may pad its embedding beyond the tokenizer; outputs then match its logits.
         self.vocab_size = max(len(tokenizer), vocab_size or 0)
-        # Canonical ids of every supported turn, in τ's sentence order.
-        self.turn_ids: list[list[int]] = [self.piece_ids(u) for u in tau.sentences]
+        # Canonical ids of every sentence's piece (the body and the hand-over), in τ's order.
+        self.turn_ids: list[list[int]] = [self.piece_ids(u) for u in tau.bodies]
         self.trie = CandidateTrie(self.turn_ids)
+        # Canonical ids of " o," for every opener; None without openers.
+        self.opener_ids = [encode(self.tokenizer, f" {o},") for o in tau.openers]
+        self.opener_trie = CandidateTrie(self.opener_ids) if tau.openers else None
+        for o in range(len(tau.openers)):  # the factorisation needs aligned pieces (doc)
+            for u in ([0] if o else range(len(tau.sentences))):
+                whole = self.piece_ids(tau.content(o, u))
+                if whole != self.opener_ids[o] + self.turn_ids[u]:
+                    raise ValueError(f"turn {tau.content(o, u)!r} does not split at its opener")
 
     def piece_ids(self, content: str) -> list[int]:
         """Canonical ids of the teacher piece with this content (content + hand-over)."""
         return encode(self.tokenizer, turn_piece(self.fmt, "teacher", content))
 
     # --- the exact conditional -------------------------------------------------------------
+    def _locate(
+        self, history: Sequence[Turn] | None, prefix: Sequence[int] | torch.Tensor
+    ) -> tuple[CandidateTrie, list[int], np.ndarray | None] | None:
+        """(trie, the prefix's part inside it, its candidates' sorted probabilities given
+        ``history``; None when no history is given), or None when no turn τ can write starts
+        with ``prefix``."""
+        ids = _ids(prefix)
+        trie, rest, stage = self.trie, ids, "sentence"
+        if self.opener_trie is not None:
+            trie, stage = self.opener_trie, "opener"
+            for k in range(len(ids) + 1):
+                node = self.opener_trie.node(ids[:k])
+                if node is None:
+                    return None
+                if node.complete:
+                    trie, rest, stage = self.trie, ids[k:], "sentence"
+                    break
+        if history is None:
+            return trie, rest, None
+        p = self.tau.turn_probs(history) if stage == "sentence" else self.tau.opener_probs(history)
+        return trie, rest, trie.to_sorted(p)
+
     def _node(self, prefix: Sequence[int] | torch.Tensor) -> Node | None:
-        return self.trie.node(_ids(prefix))
+        loc = self._locate(None, prefix)
+        return None if loc is None else loc[0].node(loc[1])
 
     def next_token_dist(
         self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sparse τ(· | h, y_{<t}): (token ids, probabilities); both empty when undefined."""
-        p_sorted = self.trie.to_sorted(self.tau.turn_probs(history))
-        return self.trie.next_token_dist(p_sorted, _ids(teacher_prefix_ids))
+        loc = self._locate(history, teacher_prefix_ids)
+        if loc is None:
+            return np.empty(0, np.int64), np.empty(0)
+        trie, rest, p_sorted = loc
+        return trie.next_token_dist(p_sorted, rest)
 
     def next_token_logprobs(
         self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
@@ -110,7 +148,10 @@ class TeacherTokenModel:
 
     def is_complete(self, teacher_prefix_ids: Sequence[int] | torch.Tensor) -> bool:
         """Whether the tokens are a whole supported turn, hand-over included."""
-        node = self._node(teacher_prefix_ids)
+        loc = self._locate(None, teacher_prefix_ids)
+        if loc is None or loc[0] is not self.trie:
+            return False
+        node = self.trie.node(loc[1])
         return node is not None and node.complete
 
     # --- sampling ---------------------------------------------------------------------------
@@ -120,14 +161,21 @@ class TeacherTokenModel:
         teacher_prefix_ids: Sequence[int] | torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> list[int]:
-        """The rest of the turn, y_{≥t} ~ τ(· | h, y_{<t}) (a whole turn drawn at once)."""
-        node = self._node(teacher_prefix_ids)
-        if node is None:
+        """The rest of the turn, y_{≥t} ~ τ(· | h, y_{<t}) (a whole turn drawn at once); an
+        empty prefix draws a whole turn."""
+        loc = self._locate(history, teacher_prefix_ids)
+        node = None if loc is None else loc[0].node(loc[1])
+        if loc is None or node is None:
             raise ValueError("τ cannot continue a prefix outside its support")
-        # Drawing a whole turn from P(u | h) restricted to the node is exactly τ's conditional.
-        p = self.trie.to_sorted(self.tau.turn_probs(history))[node.lo : node.hi]
+        trie, rest, p_sorted = loc
+        # Drawing a whole piece from its factor restricted to the node is exactly τ's
+        # conditional; after an opener's piece the sentence's is drawn whole.
+        p = p_sorted[node.lo : node.hi]
         j = int(torch.multinomial(torch.from_numpy(p), 1, generator=generator))
-        return list(self.trie.seqs[node.lo + j][len(_ids(teacher_prefix_ids)) :])
+        out = list(trie.seqs[node.lo + j][len(rest) :])
+        if trie is not self.trie:
+            out += self.sample_continuation(history, list(trie.seqs[node.lo + j]), generator)
+        return out
 
     def sample_next_token(
         self,

@@ -21,6 +21,7 @@ SMALL = WorldConfig(
     teacher_pool_size=3,
     student_pool_size=2,
     transcript_pretokens=120,
+    n_openers=0,
 )
 
 
