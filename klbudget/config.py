@@ -67,6 +67,7 @@ class RewardConfig:
 class AgentConfig:
     critic_hidden: int = 256  # width of the critic MLP's two hidden layers
     kl_target_coef: float = 0.1  # weight of (KL(x‖β) − k)², which keeps k where it matters
+    kl_target_grad: str = "scalar"  # what (KL − k)² trains: "scalar" (paper) or "both" (and z)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,10 @@ class Config:
             (self.env.student_temperature > 0, "env.student_temperature must be > 0"),
             (self.model.temperature > 0, "model.temperature must be > 0"),
             (self.reward.kind in ("vader", "hf"), "reward.kind must be vader|hf"),
+            (
+                self.agent.kl_target_grad in ("scalar", "both"),
+                "agent.kl_target_grad must be scalar|both",
+            ),
             (
                 self.base.kind in ("single", "bayes", "pessimistic"),
                 "base.kind must be single|bayes|pessimistic",

@@ -4,7 +4,9 @@ One update reads top to bottom:
   1. advantages  A = normalise(G − V_old), G the undiscounted Monte-Carlo return;
   2. for each epoch and minibatch: re-play the mixture, log x(a) and the ratio
      ρ = x(a)/x_old(a);
-  3. actor loss  −min(ρA, clip(ρ, 1 ± ε)A) − c_ent·H(x) + c_k·(KL(x‖β) − k)² (+ extra);
+  3. actor loss  −min(ρA, clip(ρ, 1 ± ε)A) − c_ent·H(x) + c_k·(KL(x‖β) − k)² (+ extra),
+     the last term with KL(x‖β) held constant (it trains the scalar only, as in the paper)
+     unless kl_target_grad = "both";
   4. critic loss  ½(V − G)²;
   5. Adam steps with gradient-norm clipping.
 Extra loss terms are plain functions passed in, not subclass hooks.
@@ -51,6 +53,7 @@ def ppo_update(
     cfg: PPOConfig,
     *,
     kl_target_coef: float,
+    kl_target_grad: str = "scalar",
     generator: torch.Generator,
     extra_loss: ExtraLoss | None = None,
 ) -> dict[str, float]:
@@ -72,7 +75,10 @@ def ppo_update(
             # 3. actor loss
             pg = -torch.minimum(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
             ent = entropy(played.log_x)
-            k_pen = (played.kl - played.k) ** 2
+            # The paper's term trains only the scalar: KL(x‖β) enters as a constant, so the
+            # gradient reaches k alone; "both" also pushes z toward KL(a‖β) = k.
+            kl = played.kl.detach() if kl_target_grad == "scalar" else played.kl
+            k_pen = (kl - played.k) ** 2
             loss = pg.mean() - cfg.ent_coef * ent.mean() + kl_target_coef * k_pen.mean()
             if extra_loss is not None:
                 loss = loss + extra_loss(played, batch, idx)

@@ -255,6 +255,7 @@ class Trainer:
                 stats = ppo_update(
                     self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
                     self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
+                    kl_target_grad=self.cfg.agent.kl_target_grad,
                     generator=self.gen, extra_loss=self.extra_loss,
                 )  # fmt: skip
                 metrics = self._log(episodes, empties, stats, budget, time.perf_counter() - t0)
