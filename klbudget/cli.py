@@ -121,6 +121,28 @@ def _base_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_prior(args: argparse.Namespace) -> int:
+    from klbudget.config import apply_overrides, preset
+    from klbudget.pipelines.prior import empty_turn_costs
+
+    world = Path(args.world)
+    if not (world / "world.json").is_file():
+        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    try:
+        firsts = [int(x) for x in args.first_tau.split(",") if x.strip()]
+    except ValueError as err:
+        raise UsageError(f"--first-tau must be comma-separated integers, got {args.first_tau!r}")
+    if args.episodes < 1 or args.turns < 1 or any(f < 0 for f in firsts):
+        raise UsageError("--episodes and --turns must be >= 1, --first-tau >= 0")
+    cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    for first in firsts or [0]:
+        res = empty_turn_costs(
+            cfg, episodes=args.episodes, turns=args.turns, first_tau=first, world=world
+        )
+        print(res.table(str(args.model)))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from klbudget.report.html import build_report
 
@@ -208,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cache", default="models", help="cache root for trained imitators")
     _add_set(bt, "--set", "KEY=VALUE", "override an ImitatorConfig field (repeatable)")
     bt.set_defaults(func=_base_train)
+    bp = bsub.add_parser(
+        "prior", help="cost of the n-th empty teacher turn under a base model (no training)"
+    )
+    bp.add_argument("--model", required=True, help="base model folder")
+    bp.add_argument("--world", required=True, help="world folder (τ writes the first turns)")
+    bp.add_argument("--episodes", type=int, default=16, help="conversations (different seeds)")
+    bp.add_argument("--turns", type=int, default=6, help="empty turns in a row")
+    bp.add_argument(
+        "--first-tau", default="0,3", help="comma-separated: teacher turns τ writes first"
+    )
+    _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
+    bp.set_defaults(func=_base_prior)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)

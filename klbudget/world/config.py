@@ -41,6 +41,8 @@ class WorldConfig:
     transcript_pretokens: int = 280  # a transcript grows until it has this many pre-tokens
     n_openers: int = 400  # size of the pool of teacher openers ("Well, ..."); 0: no openers
     opener_persistence: float = 0.95  # ρ: a teacher turn keeps the last turn's opener
+    quiet_students: float = 0.3  # share of conversations whose student is quiet
+    quiet_rate: float = 0.6  # a quiet student's chance of replying with nothing
 
     def __post_init__(self) -> None:
         if self.n_styles < 1 or self.teacher_pool_size < 1 or self.student_pool_size < 1:
@@ -56,6 +58,8 @@ class WorldConfig:
         if not 0.0 <= self.opener_persistence < 1.0:
             # ρ = 1 would make τ's support depend on the history (teacher.py).
             raise ValueError("opener_persistence must lie in [0, 1)")
+        if not (0.0 <= self.quiet_students < 1.0 and 0.0 <= self.quiet_rate < 1.0):
+            raise ValueError("quiet_students and quiet_rate must lie in [0, 1)")
         if self.n_train < 1 or self.n_heldout < 1:
             raise ValueError("both splits need at least one transcript")
 

@@ -56,7 +56,8 @@ class World:
     def from_pools(cfg: WorldConfig, pools: Pools, fmt: ChatFormat | None = None) -> World:
         """Assemble a world from its pools (everything else derives from ``cfg``)."""
         teacher = Teacher(pools, cfg)
-        return World(cfg, pools, teacher, Student(pools, teacher), fmt or ChatFormat())
+        student = Student(pools, teacher, cfg.quiet_students, cfg.quiet_rate)
+        return World(cfg, pools, teacher, student, fmt or ChatFormat())
 
     @staticmethod
     def from_config(cfg: WorldConfig, fmt: ChatFormat | None = None) -> World:
@@ -74,12 +75,13 @@ class World:
     def sample_transcript(self, rng: np.random.Generator) -> tuple[int, list[Turn]]:
         """(style, turns) of one demonstration, drawn from the generative model."""
         style = int(rng.integers(self.cfg.n_styles))
+        quiet = self.student.silent_ok and bool(rng.random() < self.cfg.quiet_students)
         turns: list[Turn] = []
         # Pieces tokenize independently (tokenizer.py), so their pre-token counts add up.
         n = count_pretokens(self.fmt.prompt)
         while n < self.cfg.transcript_pretokens:
             u = self.teacher.sample_turn_given_style(style, turns, rng)
-            r = self.student.sample_reply(u, rng)
+            r = self.student.sample_reply(u, rng, quiet)
             turns += [("teacher", u), ("student", r)]
             n += count_pretokens(turn_piece(self.fmt, "teacher", u))
             n += count_pretokens(turn_piece(self.fmt, "student", r))

@@ -233,7 +233,7 @@ def heldout_report(
     fmt = world.fmt
     teacher_tm = TeacherTokenModel(world.teacher, tokenizer, fmt)
     student_trie = CandidateTrie(
-        [encode(tokenizer, turn_piece(fmt, "student", r)) for r in world.student.sentences]
+        [encode(tokenizer, turn_piece(fmt, "student", r)) for r in world.student.replies]
     )
     seqs, layouts = [], []
     for rec in records:
@@ -248,7 +248,7 @@ def heldout_report(
         pos = len(piece_ids[0])  # first token after the prompt
         for i, ((speaker, _), ids) in enumerate(zip(turns, piece_ids[1:], strict=True)):
             if speaker == "student":
-                p_reply = student_trie.to_sorted(world.student.reply_probs(turns[i - 1][1]))
+                p_reply = student_trie.to_sorted(world.student.reply_probs(turns[i - 1][1], turns[: i - 1]))
             for j, v in enumerate(ids):
                 if pos >= block_size:
                     break

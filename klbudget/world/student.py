@@ -9,15 +9,30 @@ could never write, an empty one included):
 Encouragement mostly draws positive replies, so teaching well is a way to earn the
 sentiment reward of SYSTEM.md §2. A turn τ could not write gets the average of the four
 rows: it tells the student nothing, and nothing about it (silence included) is rewarded or
-punished on purpose. The student is memoryless beyond the teacher's last turn.
+punished on purpose.
+
+Quiet students (``quiet_students`` = p, ``quiet_rate`` = q). A conversation's student is quiet
+with probability p, drawn once; a quiet student replies with nothing (the empty reply, the
+hand-back straight after the student tag) with probability q and otherwise as above; other
+students always say something. The predictive distribution marginalises the latent by Bayes
+on the replies so far:
+
+    P(empty | h) = q · P(quiet | h),  P(quiet | h) = 1 if h holds an empty reply, else
+                   p (1 − q)^k / (p (1 − q)^k + 1 − p) after k non-empty replies
+    P(r | h, c)  = (1 − P(empty | h)) · P(r | c)
+
+So the world holds silence, but only the student's: τ, the teacher, never writes an empty
+turn. Beyond the latent, the student is memoryless: only the teacher's last turn matters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from klbudget.world.pools import STUDENT_CATEGORIES, TEACHER_CLASSES, Pools, vader_compound
-from klbudget.world.teacher import Teacher, draw_index
+from klbudget.world.teacher import Teacher, Turn, draw_index
 
 # P(reply category | teacher class), columns in STUDENT_CATEGORIES order
 # (positive, neutral, negative, question).
@@ -40,8 +55,11 @@ def category_mix(teacher_class: str) -> np.ndarray:
 class Student:
     """The world's student: exact reply probabilities and sampling, given the teacher's turn."""
 
-    def __init__(self, pools: Pools, teacher: Teacher) -> None:
+    def __init__(
+        self, pools: Pools, teacher: Teacher, quiet: float = 0.0, quiet_rate: float = 0.0
+    ) -> None:
         self.teacher = teacher
+        self.quiet, self.quiet_rate = quiet, quiet_rate
         sentences: list[str] = []
         cats: list[str] = []
         for k in STUDENT_CATEGORIES:
@@ -55,20 +73,47 @@ class Student:
         # P(r | c) = P(k(r) | c) / |pool(k(r))|, one row per teacher label.
         self._rows = {c: category_mix(c)[cat_idx] / sizes[cat_idx] for c in labels}
         self._cdfs = {c: np.cumsum(p) for c, p in self._rows.items()}
+        # Every reply the student can write: the pool, then the empty reply when it can be quiet.
+        self.replies: tuple[str, ...] = self.sentences + (("",) if self.silent_ok else ())
+
+    @property
+    def silent_ok(self) -> bool:
+        """Whether this student can reply with nothing (quiet students exist)."""
+        return self.quiet > 0.0 and self.quiet_rate > 0.0
+
+    def p_empty(self, history: Sequence[Turn] = ()) -> float:
+        """P(empty reply | h) (module docstring)."""
+        if not self.silent_ok:
+            return 0.0
+        said = [content for speaker, content in history if speaker == "student"]
+        if "" in said:
+            return self.quiet_rate
+        like = self.quiet * (1.0 - self.quiet_rate) ** len(said)
+        return self.quiet_rate * like / (like + 1.0 - self.quiet)
 
     def teacher_label(self, teacher_content: str) -> str:
         """τ's class of the teacher turn, or ``OTHER`` when τ could not write it."""
         return self.teacher.classify(teacher_content) or OTHER
 
-    def reply_probs(self, teacher_content: str) -> np.ndarray:
-        """P(r | teacher's last turn) over :attr:`sentences`, shape (R,)."""
-        return self._rows[self.teacher_label(teacher_content)]
+    def reply_probs(self, teacher_content: str, history: Sequence[Turn] = ()) -> np.ndarray:
+        """P(r | h, teacher's last turn) over :attr:`replies`, shape (R,); ``history`` holds
+        the turns before that teacher turn (only its student replies matter)."""
+        row = self._rows[self.teacher_label(teacher_content)]
+        if not self.silent_ok:
+            return row
+        e = self.p_empty(history)
+        return np.append(row * (1.0 - e), e)
 
-    def sample_reply(self, teacher_content: str, rng: np.random.Generator) -> str:
-        """r ~ P(r | teacher's last turn)."""
+    def sample_reply(
+        self, teacher_content: str, rng: np.random.Generator, quiet: bool = False
+    ) -> str:
+        """r ~ P(r | teacher's last turn, the student quiet or not): the generative draw."""
+        if quiet and rng.random() < self.quiet_rate:
+            return ""
         return self.sentences[draw_index(self._cdfs[self.teacher_label(teacher_content)], rng)]
 
     def expected_reward(self, teacher_content: str) -> float:
-        """E[(s(r) + 1) / 2] with s the VADER compound: the reward of SYSTEM.md §2."""
+        """E[(s(r) + 1) / 2] with s the VADER compound: the reward of SYSTEM.md §2 (a student
+        who is not quiet)."""
         s = np.array([vader_compound(r) for r in self.sentences])
         return float(self.reply_probs(teacher_content) @ ((s + 1.0) / 2.0))

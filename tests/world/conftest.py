@@ -22,6 +22,7 @@ SMALL = WorldConfig(
     student_pool_size=2,
     transcript_pretokens=120,
     n_openers=0,
+    quiet_students=0.0,
 )
 
 

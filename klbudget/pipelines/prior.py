@@ -1,0 +1,115 @@
+"""What the n-th empty teacher turn costs under a base policy, before any RL (SYSTEM.md §4).
+
+The diagnostic of the in-context discount. In the chat environment, after ``first_tau``
+teacher turns written by τ (a world is needed then), the teacher writes only empty turns
+(the hand-over straight after the teacher tag), while the environment writes the student's
+replies by sampling the base at its student temperature: the context an agent that goes
+silent meets. The cost of the n-th empty turn is
+
+    c_n = −Σ_{y ∈ n-th empty turn} log base(y | x_{<y})
+
+the KL, in realized nats, that an agent pays to write that turn with certainty. The paper's
+effect needs c_1 affordable within the budget and c_n falling with n. Under a pessimistic
+base the cost is −log ν_α, whose leftover mass is help: silence stays expensive there unless
+every plausible member discounts it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from klbudget.agent.trainer import build_env
+from klbudget.config import Config
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """Costs of the n-th empty turn: ``costs[e, n-1]`` for episode e (NaN: not reached)."""
+
+    costs: np.ndarray  # (episodes, turns) nats
+    first_tau: int  # teacher turns τ wrote before the silence began
+
+    def summary(self) -> list[dict[str, float]]:
+        """Per n: median, mean, quartiles and the number of episodes that reached it."""
+        rows = []
+        for n in range(self.costs.shape[1]):
+            c = self.costs[:, n]
+            c = c[np.isfinite(c)]
+            if not c.size:
+                continue
+            q1, med, q3 = np.quantile(c, [0.25, 0.5, 0.75])
+            rows.append({"n": n + 1, "median": float(med), "mean": float(c.mean()),
+                         "q1": float(q1), "q3": float(q3), "count": int(c.size)})  # fmt: skip
+        return rows
+
+    def table(self, title: str) -> str:
+        lines = [
+            f"{title}: −log base of the n-th empty teacher turn, nats"
+            + (f" (after {self.first_tau} turns of τ)" if self.first_tau else ""),
+            f"{'n':>3} {'median':>8} {'mean':>8} {'q1':>7} {'q3':>7} {'count':>6}",
+        ]
+        for r in self.summary():
+            lines.append(f"{r['n']:>3} {r['median']:>8.2f} {r['mean']:>8.2f} {r['q1']:>7.2f} "
+                         f"{r['q3']:>7.2f} {r['count']:>6}")  # fmt: skip
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def empty_turn_costs(
+    cfg: Config,
+    *,
+    episodes: int = 16,
+    turns: int = 6,
+    first_tau: int = 0,
+    world: Path | None = None,
+    seed: int = 0,
+) -> PriorResult:
+    """Run ``episodes`` conversations of the silent teacher (module docstring) against the
+    base that ``cfg`` describes (single, Bayes or pessimistic), at ``cfg.env.length``."""
+    if episodes < 1 or turns < 1 or first_tau < 0:
+        raise ValueError("episodes and turns must be >= 1 and first_tau >= 0")
+    env = build_env(cfg, n_envs=episodes)
+    oracle = None
+    if first_tau:
+        from klbudget.pipelines.evaluate import tau_oracle
+
+        if world is None:
+            raise ValueError("τ writes the first turns: a world folder is needed")
+        oracle = tau_oracle(world, env.base, cfg)
+    empty = env.text.encode(env.chat.to_student)
+    costs = np.full((episodes, turns), np.nan)
+    queue: list[list[int]] = [[] for _ in range(episodes)]
+    started = [0] * episodes  # teacher turns begun
+    silent = [-1] * episodes  # index of the empty turn being written, -1 if none
+    obs, _ = env.reset(seed=seed)
+    g = env.generator
+    while env.t < env.length:
+        actions = torch.zeros(episodes, dtype=torch.long)
+        for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
+            if not queue[i]:  # a new teacher turn begins
+                k, started[i] = started[i], started[i] + 1
+                if oracle is not None and k < first_tau:
+                    history = oracle.context(env, i)[0]
+                    queue[i], silent[i] = oracle.tm.sample_continuation(history, [], g), -1
+                else:
+                    n = k - first_tau
+                    queue[i], silent[i] = list(empty), (n if n < turns else -1)
+                    if 0 <= n < turns:
+                        costs[i, n] = 0.0
+            tok = queue[i].pop(0)
+            actions[i] = tok
+            if silent[i] >= 0:
+                costs[i, silent[i]] -= float(obs["base_logp"][i, tok])
+        if all(s >= first_tau + turns for s in started) and not any(queue):
+            break
+        obs, *_ = env.step(actions)
+    # A turn cut off by the end of the episode is not a whole empty turn.
+    for i in range(episodes):
+        if queue[i] and silent[i] >= 0:
+            costs[i, silent[i]] = math.nan
+    return PriorResult(costs=costs, first_tau=first_tau)

@@ -1,0 +1,69 @@
+"""Quiet students (student.py): the exact predictive against enumeration over the latent,
+the generative draw, and a corpus in which only the student is ever silent."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from klbudget.world.config import WorldConfig
+from klbudget.world.corpus import build_world, load_split, load_world, record_turns
+
+
+@pytest.fixture(scope="module")
+def quiet_dir(small_cfg: WorldConfig, tmp_path_factory: pytest.TempPathFactory):
+    cfg = replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_train=200)
+    return build_world(cfg, tmp_path_factory.mktemp("quiet_world"))
+
+
+def test_predictive_is_bayes_over_the_latent(quiet_dir) -> None:
+    student = load_world(quiet_dir).student
+    p, q = 0.4, 0.5
+    said = "Nice to meet you."
+    # P(r_1, ..., r_k) by enumeration over the latent, for silent (s) / non-silent (n) replies.
+    for pattern in itertools.product("sn", repeat=3):
+
+        def joint(pat: tuple[str, ...]) -> float:
+            quiet = math.prod(q if x == "s" else 1 - q for x in pat)
+            loud = 0.0 if "s" in pat else 1.0
+            return p * quiet + (1 - p) * loud
+
+        h: list[tuple[str, str]] = []
+        for k, x in enumerate(pattern):
+            expected = joint((*pattern[:k], "s")) / joint(pattern[:k])
+            assert math.isclose(student.p_empty(h), expected, rel_tol=1e-12)
+            h += [("teacher", "Hello."), ("student", "" if x == "s" else said)]
+
+
+def test_reply_probs_sum_to_one_with_silence_last(quiet_dir) -> None:
+    world = load_world(quiet_dir)
+    student = world.student
+    assert student.replies[-1] == "" and len(student.replies) == len(student.sentences) + 1
+    u = world.teacher.sentences[0]
+    for h in ([], [("teacher", u), ("student", "")], [("teacher", u), ("student", "Ok.")]):
+        pr = student.reply_probs(u, h)
+        assert math.isclose(pr.sum(), 1.0, rel_tol=1e-12)
+        assert math.isclose(pr[-1], student.p_empty(h), rel_tol=1e-12)
+
+
+def test_only_students_go_silent_and_silence_persists(quiet_dir) -> None:
+    world = load_world(quiet_dir)
+    silent_convs = 0
+    after_silence = []
+    for rec in load_split(quiet_dir, "train"):
+        turns = record_turns(rec)
+        replies = [c for s, c in turns if s == "student"]
+        assert all(c.strip() and world.teacher.in_support(c) for s, c in turns if s == "teacher")
+        if "" in replies:
+            silent_convs += 1
+            first = replies.index("")
+            after_silence += [c == "" for c in replies[first + 1 :]]
+    n = 200
+    # P(a conversation shows silence) <= p = 0.4; quiet students with several replies show it.
+    assert 0.2 * n < silent_convs < 0.45 * n
+    # After a first empty reply the student is quiet: the next ones are empty with rate q.
+    assert abs(np.mean(after_silence) - 0.5) < 4 * math.sqrt(0.25 / len(after_silence))
