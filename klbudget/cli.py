@@ -55,6 +55,9 @@ def _theory(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SPEC = "single:10,single:20,pessimistic:20"
+
+
 def _demo(args: argparse.Namespace) -> int:
     from klbudget.pipelines.demo import run_demo
 
@@ -64,12 +67,23 @@ def _demo(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UsageError(f"{flag} must be comma-separated numbers, got {raw!r}") from err
 
+    if args.agents and (args.budgets or args.bases):
+        raise UsageError("give either --agents or --budgets/--bases, not both")
+    if args.budgets or args.bases:  # every base at every budget
+        bases = [b.strip() for b in (args.bases or "single").split(",") if b.strip()]
+        agents = [(k, b) for k in bases for b in numbers("--budgets", args.budgets or "10,20")]
+    else:
+        agents = []
+        for item in (args.agents or DEFAULT_SPEC).split(","):
+            kind, _, budget = item.strip().partition(":")
+            if not budget:
+                raise UsageError(f"--agents items are KIND:BUDGET, got {item.strip()!r}")
+            agents.append((kind, numbers("--agents", budget)[0]))
     run_demo(
-        Path(args.out), budgets=numbers("--budgets", args.budgets), cache=Path(args.cache),
+        Path(args.out), agents=tuple(agents), cache=Path(args.cache),
         world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
-        eval_episodes=args.eval_episodes,
-        bases=tuple(b.strip() for b in args.bases.split(",") if b.strip()),
-        ensemble=args.ensemble, help_fractions=numbers("--help-fractions", args.help_fractions),
+        eval_episodes=args.eval_episodes, ensemble=args.ensemble,
+        help_fractions=numbers("--help-fractions", args.help_fractions),
     )  # fmt: skip
     return 0
 
@@ -131,7 +145,8 @@ def _base_prior(args: argparse.Namespace) -> int:
     try:
         firsts = [int(x) for x in args.first_tau.split(",") if x.strip()]
     except ValueError as err:
-        raise UsageError(f"--first-tau must be comma-separated integers, got {args.first_tau!r}")
+        msg = f"--first-tau must be comma-separated integers, got {args.first_tau!r}"
+        raise UsageError(msg) from err
     if args.episodes < 1 or args.turns < 1 or any(f < 0 for f in firsts):
         raise UsageError("--episodes and --turns must be >= 1, --first-tau >= 0")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
@@ -165,13 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the default demo: world, imitator, budgeted agents, report")
     d.add_argument("--out", required=True, help="folder for the demo's outputs (must be new)")
-    d.add_argument("--budgets", default="10,20", help="comma-separated KL budgets in nats")
+    d.add_argument(
+        "--agents", default="",
+        help=f"comma-separated KIND:BUDGET agents to train (default {DEFAULT_SPEC}); KIND is "
+        "single (the imitator β), bayes (posterior mixture over an ensemble) or pessimistic "
+        "(ν_α with help)",
+    )  # fmt: skip
+    d.add_argument("--budgets", default="", help="comma-separated budgets: every --bases at each")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")
     d.add_argument("--eval-episodes", type=int, default=32)
     d.add_argument(
-        "--bases", default="single",
-        help="comma-separated base policies to train agents against: single (the imitator), "
-        "bayes (posterior mixture over an ensemble), pessimistic (ν_α with help)",
+        "--bases", default="",
+        help="comma-separated base kinds, crossed with --budgets (instead of --agents)",
     )  # fmt: skip
     d.add_argument("--ensemble", type=int, default=3, help="ensemble members (bayes, pessimistic)")
     d.add_argument(

@@ -113,27 +113,32 @@ def empty_turn_summary(
     return describe(fracs)
 
 
-def empty_turn_kl_costs(episode: Episode, fmt: ChatFormat | None = None) -> list[float]:
-    """[c_1, c_2, ...] with c_n = Σ_t KL(π_t‖β_t) over the tokens of the n-th empty teacher
-    turn of the episode (exact per-token KL, the record's `kl`)."""
+def empty_turn_kl_costs(
+    episode: Episode, fmt: ChatFormat | None = None, realized: bool = False
+) -> list[float]:
+    """[c_1, c_2, ...] with c_n the cost of the n-th empty teacher turn of the episode:
+    Σ_t KL(π_t‖β_t) over its tokens (exact per-token KL, the record's `kl`), or with
+    ``realized`` Σ_t log π_t(y_t)/β_t(y_t) (the record's `log_ratio`), what the paper's budget
+    charges for the tokens actually written."""
     return [
-        sum(tok.kl for tok in episode.tokens[t.start : t.end])
+        sum(tok.log_ratio if realized else tok.kl for tok in episode.tokens[t.start : t.end])
         for t in teacher_turns(episode, fmt)
         if t.empty
     ]
 
 
 def kl_cost_by_empty_index(
-    episodes: Sequence[Episode], fmt: ChatFormat | None = None
+    episodes: Sequence[Episode], fmt: ChatFormat | None = None, realized: bool = False
 ) -> list[dict[str, float]]:
-    """For n = 1, 2, ...: quartiles across episodes of the KL cost of the n-th empty turn,
-    over the episodes that have at least n empty turns (`n_episodes` of them).
+    """For n = 1, 2, ...: quartiles across episodes of the cost of the n-th empty turn
+    (exact KL, or realized log-ratio, see :func:`empty_turn_kl_costs`), over the episodes
+    that have at least n empty turns (`n_episodes` of them).
 
     SYSTEM.md §1: most KL is paid for the first empty turns, later ones get cheap.
     """
     by_n: dict[int, list[float]] = {}
     for e in episodes:
-        for n, cost in enumerate(empty_turn_kl_costs(e, fmt), start=1):
+        for n, cost in enumerate(empty_turn_kl_costs(e, fmt, realized), start=1):
             by_n.setdefault(n, []).append(cost)
     return [
         {"n": n, "n_episodes": len(c), "mean": float(np.mean(c)), **quantiles(c, QUARTILES)}

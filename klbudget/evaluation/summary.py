@@ -20,6 +20,7 @@ metrics.json schema (version 1). A metric whose records are absent is null:
 
     <set metrics> = "reward": STATS, "empty_turn_frac": STATS,
         "kl_cost_nth_empty": [{"n", "n_episodes", "mean", "q25", "q50", "q75"}],
+        "realized_cost_nth_empty": [same, Σ log-ratio over the turn's tokens],
         "kl_to_base": {"exact": STATS, "realized": STATS, "exact_max", "over_budget_frac"},
         "tau_support": null | {"judged_turns", "violation_share", "episodes_with_violation",
                                "kl_pi_tau_mean", "kl_in_support_mean"},
@@ -64,6 +65,7 @@ def set_metrics(episodes: Sequence[Episode], fmt: ChatFormat | None = None) -> d
         "reward": m.reward_summary(episodes),
         "empty_turn_frac": m.empty_turn_summary(episodes, fmt),
         "kl_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt),
+        "realized_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt, realized=True),
         "kl_to_base": m.kl_to_base_summary(episodes),
         "tau_support": m.tau_support_summary(episodes),
         "ledger": m.behaviour_ledger(episodes),

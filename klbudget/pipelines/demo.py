@@ -33,6 +33,7 @@ from klbudget.config import Config, ConfigError, apply_overrides, preset, replac
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import parse_episode
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
+from klbudget.pipelines.prior import empty_turn_costs
 from klbudget.report.html import build_report
 from klbudget.runs.folder import RunFolderError, atomic_write_text
 from klbudget.world import (
@@ -45,18 +46,21 @@ from klbudget.world import (
 )
 
 BASE_KINDS = ("single", "bayes", "pessimistic")
+# The failure and the fix side by side: β at two budgets, ν_α with help at the larger one.
+DEFAULT_AGENTS: tuple[tuple[str, float], ...] = (
+    ("single", 10.0), ("single", 20.0), ("pessimistic", 20.0),
+)  # fmt: skip
 
 
 def run_demo(
     out: Path,
     *,
-    budgets: tuple[float, ...] = (10.0, 20.0),
+    agents: tuple[tuple[str, float], ...] = DEFAULT_AGENTS,
     cache: Path = Path("models"),
     world_set: list[str] | None = None,
     imitator_set: list[str] | None = None,
     train_set: list[str] | None = None,
     eval_episodes: int = 32,
-    bases: tuple[str, ...] = ("single",),
     ensemble: int = 3,
     help_fractions: tuple[float, ...] = (),
     progress: bool = True,
@@ -64,11 +68,14 @@ def run_demo(
     """Run the whole demo into `out` (which must be new); returns the summary rows."""
     if out.exists() and any(out.iterdir()):
         raise RunFolderError(f"{out} already holds files; choose a new --out")
-    if not budgets:
-        raise ConfigError("the demo needs at least one budget")
+    if not agents:
+        raise ConfigError("the demo needs at least one agent")
+    bases = tuple(dict.fromkeys(kind for kind, _ in agents))
     unknown = [b for b in bases if b not in BASE_KINDS]
-    if unknown or not bases:
+    if unknown:
         raise ConfigError(f"unknown base kind(s) {unknown}; known: {', '.join(BASE_KINDS)}")
+    if any(not (math.isfinite(b) and b >= 0) for _, b in agents):
+        raise ConfigError(f"budgets must be finite and >= 0, got {[b for _, b in agents]}")
     if ensemble < 2 and (set(bases) - {"single"} or help_fractions):
         raise ConfigError("an ensemble needs at least 2 members")
     if any(not 0 < f <= 1 for f in help_fractions):
@@ -88,8 +95,11 @@ def run_demo(
     if set(bases) - {"single"}:
         say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
         members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
+    prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases)
+    atomic_write_text(out / "prior.json", json.dumps(prior, indent=1) + "\n")
+    say(_prior_table(prior))
     runs = []
-    plan = [(kind, budget) for kind in bases for budget in budgets]
+    plan = list(agents)
     for i, (kind, budget) in enumerate(plan):
         name = f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
         run = out / name
@@ -123,6 +133,38 @@ def run_demo(
         say(_study_table(study))
     say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
     return rows
+
+
+PRIOR_FIRST_TAU = (0, 3)  # silence from the first teacher turn, and after 3 turns of τ
+
+
+def empty_turn_priors(
+    members: list[Path], cfg: Config, world: Path, *, pessimistic: bool, episodes: int = 8
+) -> list[dict]:
+    """The cost of the n-th empty turn (klbudget.pipelines.prior) under each member alone and,
+    with ``pessimistic``, under ν_α with help; one row per base and number of τ turns first."""
+    rows = []
+    bases = [(f"member {j}" if j else "β (member 0)", members[j], "single")
+             for j in range(len(members))]  # fmt: skip
+    if pessimistic:
+        bases.append(("ν_α + help", members[0], "pessimistic"))
+    for name, folder, kind in bases:
+        c = _with_base(apply_overrides(cfg, [f"model.path={folder}"]), kind, members, world)
+        for first in PRIOR_FIRST_TAU:
+            res = empty_turn_costs(c, episodes=episodes, first_tau=first, world=world)
+            rows.append({"base": name, "model": folder.name, "first_tau": first,
+                         "by_n": res.summary()})  # fmt: skip
+    return rows
+
+
+def _prior_table(prior: list[dict]) -> str:
+    n_max = max((len(r["by_n"]) for r in prior), default=0)
+    head = f"{'base':<16} {'τ first':>7} " + " ".join(f"{f'n={n + 1}':>6}" for n in range(n_max))
+    lines = ["\ncost of the n-th empty teacher turn, −log base (median nats):", head]
+    for r in prior:
+        cells = " ".join(f"{row['median']:>6.2f}" for row in r["by_n"])
+        lines.append(f"{r['base']:<16} {r['first_tau']:>7} {cells}")
+    return "\n".join(lines)
 
 
 def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Config:

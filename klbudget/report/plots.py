@@ -176,51 +176,62 @@ def empty_frac_plot(runs: Sequence[RunMetrics]) -> bytes | None:
 
 
 def kl_nth_empty_plot(runs: Sequence[RunMetrics]) -> bytes | None:
-    """KL(π‖β) paid for the n-th empty turn of an episode against n: median line and
-    interquartile band across episodes, per run and agent eval length."""
+    """The realized cost (Σ log-ratio, left) and the exact KL (right) paid for the n-th empty
+    turn of an episode against n: median line and interquartile band across episodes, per
+    run and agent eval length."""
 
     def draw(fig: Figure) -> bool:
-        ax = fig.subplots()
+        axes = fig.subplots(1, 2)
         drawn = False
-        for i, (name, mt) in enumerate(runs):
-            for j, s in enumerate(
-                sorted(
-                    (s for s in mt.get("eval", {}).values() if s["policy"] == "agent"),
-                    key=lambda s: s["length"],
-                )
-            ):
-                rows = s.get("kl_cost_nth_empty") or []
-                if not rows:
-                    continue
-                n = [r["n"] for r in rows]
-                style = ("-", "--", ":", "-.")[j % 4]
-                ax.fill_between(
-                    n,
-                    [r["q25"] for r in rows],
-                    [r["q75"] for r in rows],
-                    color=colour(i),
-                    alpha=0.15,
-                    linewidth=0,
-                )
-                ax.plot(
-                    n,
-                    [r["q50"] for r in rows],
-                    style,
-                    marker="o",
-                    markersize=3,
-                    color=colour(i),
-                    label=f"{label(name)} L={s['length']}",
-                )
-                drawn = True
-        ax.set(
-            xlabel="n (n-th empty turn of the episode)",
-            ylabel="Σ KL(π‖β) over the turn (nats)",
-            title="KL cost of the n-th empty turn (median, IQR band)",
-        )
-        _legend(ax)
+        for ax, key, ylabel, title in (
+            (axes[0], "realized_cost_nth_empty", "Σ log π/β over the turn (nats)",
+             "realized cost of the n-th empty turn"),
+            (axes[1], "kl_cost_nth_empty", "Σ KL(π‖β) over the turn (nats)",
+             "exact KL of the n-th empty turn"),
+        ):  # fmt: skip
+            drawn = _nth_empty_panel(ax, runs, key) or drawn
+            ax.set(xlabel="n (n-th empty turn of the episode)", ylabel=ylabel,
+                   title=f"{title} (median, IQR)")  # fmt: skip
+        _legend(axes[0])
         return drawn
 
-    return _render(draw, (8, 3.6))
+    return _render(draw, (11, 3.8))
+
+
+def _nth_empty_panel(ax: Axes, runs: Sequence[RunMetrics], key: str) -> bool:
+    """One panel of :func:`kl_nth_empty_plot`; whether anything was drawn."""
+    drawn = False
+    for i, (name, mt) in enumerate(runs):
+        for j, s in enumerate(
+            sorted(
+                (s for s in mt.get("eval", {}).values() if s["policy"] == "agent"),
+                key=lambda s: s["length"],
+            )
+        ):
+            rows = s.get(key) or []
+            if not rows:
+                continue
+            n = [r["n"] for r in rows]
+            style = ("-", "--", ":", "-.")[j % 4]
+            ax.fill_between(
+                n,
+                [r["q25"] for r in rows],
+                [r["q75"] for r in rows],
+                color=colour(i),
+                alpha=0.15,
+                linewidth=0,
+            )
+            ax.plot(
+                n,
+                [r["q50"] for r in rows],
+                style,
+                marker="o",
+                markersize=3,
+                color=colour(i),
+                label=f"{label(name)} L={s['length']}",
+            )
+            drawn = True
+    return drawn
 
 
 def length_effect_plot(runs: Sequence[RunMetrics]) -> bytes | None:

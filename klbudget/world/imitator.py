@@ -248,7 +248,8 @@ def heldout_report(
         pos = len(piece_ids[0])  # first token after the prompt
         for i, ((speaker, _), ids) in enumerate(zip(turns, piece_ids[1:], strict=True)):
             if speaker == "student":
-                p_reply = student_trie.to_sorted(world.student.reply_probs(turns[i - 1][1], turns[: i - 1]))
+                probs = world.student.reply_probs(turns[i - 1][1], turns[: i - 1])
+                p_reply = student_trie.to_sorted(probs)
             for j, v in enumerate(ids):
                 if pos >= block_size:
                     break

@@ -66,7 +66,7 @@ class TeacherTokenModel:
         self.opener_ids = [encode(self.tokenizer, f" {o},") for o in tau.openers]
         self.opener_trie = CandidateTrie(self.opener_ids) if tau.openers else None
         for o in range(len(tau.openers)):  # the factorisation needs aligned pieces (doc)
-            for u in ([0] if o else range(len(tau.sentences))):
+            for u in [0] if o else range(len(tau.sentences)):
                 whole = self.piece_ids(tau.content(o, u))
                 if whole != self.opener_ids[o] + self.turn_ids[u]:
                     raise ValueError(f"turn {tau.content(o, u)!r} does not split at its opener")

@@ -137,3 +137,22 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
     assert len(updates) > int(done_before.split("_")[1])
     episodes = [json.loads(x)["episode"] for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert episodes == list(range(len(episodes)))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--agents", "single"], "KIND:BUDGET"),
+        (["--agents", "oracle:10"], "unknown base kind"),
+        (["--agents", "single:ten"], "--agents must be comma-separated numbers"),
+        (["--agents", "single:10", "--budgets", "5"], "not both"),
+        (["--agents", "single:inf"], "finite"),
+    ],
+)
+def test_demo_agents_bad_input(tmp_path, args, needle):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--out", str(out), *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists()

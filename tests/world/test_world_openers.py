@@ -18,7 +18,6 @@ from klbudget.world.token_model import TeacherTokenModel
 from klbudget.world.tokenizer import train_tokenizer
 
 
-
 @pytest.fixture(scope="module")
 def opener_dir(small_cfg: WorldConfig, tmp_path_factory: pytest.TempPathFactory):
     cfg = replace(small_cfg, n_openers=5, opener_persistence=0.8)
@@ -39,7 +38,7 @@ def all_turns(tau) -> list[tuple[int, int, str]]:
     ]
 
 
-def test_body_keeps_I_and_acronyms() -> None:
+def test_body_keeps_i_and_acronyms() -> None:
     assert body_of("Have fun!") == "have fun!"
     assert body_of("I think so.") == "I think so."
     assert body_of("I'm here.") == "I'm here."
