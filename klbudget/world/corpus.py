@@ -81,7 +81,7 @@ class World:
         n = count_pretokens(self.fmt.prompt)
         while n < self.cfg.transcript_pretokens:
             u = self.teacher.sample_turn_given_style(style, turns, rng)
-            r = self.student.sample_reply(u, rng, quiet)
+            r = self.student.sample_reply(u, rng, quiet, turns)
             turns += [("teacher", u), ("student", r)]
             n += count_pretokens(turn_piece(self.fmt, "teacher", u))
             n += count_pretokens(turn_piece(self.fmt, "student", r))

@@ -31,14 +31,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from klbudget.envs.format import ChatFormat
 from klbudget.world.config import stable_hash
 from klbudget.world.corpus import World, load_split, load_world, record_turns
-from klbudget.world.pools import vader_compound
+from klbudget.world.pools import speaker_names, vader_compound
 from klbudget.world.token_model import TeacherTokenModel
 from klbudget.world.tokenizer import encode, train_tokenizer, transcript_pieces, turn_piece
-from klbudget.world.trie import CandidateTrie
+from klbudget.world.trie import TurnPieces
 
-IMITATOR_VERSION = 1  # bumped when training code changes what a config produces
+IMITATOR_VERSION = 2  # bumped when training code changes what a config produces
 REPORT_FILE = "imitator.json"
 
 
@@ -66,6 +67,7 @@ class ImitatorConfig:
     probe_samples: int = 16  # student replies sampled per teacher class in the reward probe
     train_fraction: float = 1.0  # fit β on the first fraction of the training transcripts
     bootstrap: int = 0  # > 0: fit on a bootstrap resample (with replacement) drawn with this seed
+    rename_fraction: float = 0.0  # share of transcripts fitted with random speaker names
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -78,7 +80,36 @@ def _file_digest(path: Path) -> str:
 
 # Fields added after the first release enter the cache key only when they differ from their
 # default, so folders trained before they existed keep their keys.
-_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0}
+_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0, "rename_fraction": 0.0}
+N_SPEAKER_NAMES = 400  # pool of names for speaker renaming
+
+
+def rename_speakers(texts: Sequence[str], fmt: ChatFormat, fraction: float, seed: int) -> list[str]:
+    """``texts`` with the two speaker tags of a random ``fraction`` of them replaced by two
+    distinct random names (a fixed pool of chat words).
+
+    Name augmentation: a pretrained LM has met countless speakers, so what it knows about
+    turn-taking (who speaks after a hand-over, a speaker keeping their own habits, a speaker
+    who said nothing saying nothing again) is not tied to two tags. Fitted on renamed copies
+    of τ's demonstrations, β learns those regularities for any pair of speakers, and keeps
+    τ's own behaviour in the transcripts with the true tags. Nothing is added: every
+    transcript is still one of τ's, and τ's teacher never writes an empty turn.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"rename_fraction must be in [0, 1], got {fraction}")
+    if fraction == 0.0:
+        return list(texts)
+    names = speaker_names(N_SPEAKER_NAMES)
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for text in texts:
+        if rng.random() < fraction:
+            a, b = rng.choice(len(names), size=2, replace=False)
+            text = text.replace(fmt.teacher_tag, names[a] + ":").replace(
+                fmt.student_tag, names[b] + ":"
+            )
+        out.append(text)
+    return out
 
 
 def imitator_key(corpus_dir: str | Path, cfg: ImitatorConfig) -> str:
@@ -232,9 +263,17 @@ def heldout_report(
     """
     fmt = world.fmt
     teacher_tm = TeacherTokenModel(world.teacher, tokenizer, fmt)
-    student_trie = CandidateTrie(
-        [encode(tokenizer, turn_piece(fmt, "student", r)) for r in world.student.replies]
-    )
+    student = world.student
+    piece = [encode(tokenizer, turn_piece(fmt, "student", r)) for r in student.bodies]
+    if student.openers:
+        heads = [encode(tokenizer, f" {o},") for o in student.openers]
+        if student.silent_ok:
+            heads.append(encode(tokenizer, turn_piece(fmt, "student", "")))
+        student_pieces = TurnPieces(piece, heads, final_heads=int(student.silent_ok))
+    else:
+        if student.silent_ok:
+            piece.append(encode(tokenizer, turn_piece(fmt, "student", "")))
+        student_pieces = TurnPieces(piece)
     seqs, layouts = [], []
     for rec in records:
         turns = record_turns(rec)
@@ -248,15 +287,14 @@ def heldout_report(
         pos = len(piece_ids[0])  # first token after the prompt
         for i, ((speaker, _), ids) in enumerate(zip(turns, piece_ids[1:], strict=True)):
             if speaker == "student":
-                probs = world.student.reply_probs(turns[i - 1][1], turns[: i - 1])
-                p_reply = student_trie.to_sorted(probs)
+                p_body, p_head = student.reply_factors(turns[i - 1][1], turns[: i - 1])
             for j, v in enumerate(ids):
                 if pos >= block_size:
                     break
                 if speaker == "teacher":
                     tokens, q = teacher_tm.next_token_dist(turns[:i], ids[:j])
                 else:
-                    tokens, q = student_trie.next_token_dist(p_reply, ids[:j])
+                    tokens, q = student_pieces.next_token_dist(ids[:j], p_body, p_head)
                 hit = np.flatnonzero(tokens == v)
                 if not hit.size:
                     raise ValueError("a held-out turn lies outside the world's support")
@@ -375,11 +413,15 @@ def train_imitator(
     t0 = time.perf_counter()
     # The tokenizer always sees the whole training split, so that imitators fitted on parts
     # or resamples of it (ensemble members) share one vocabulary.
-    tokenizer = train_tokenizer((r["text"] for r in train), cfg.vocab_size)
+    # The speaker names join the corpus once each, so that every member's vocabulary is
+    # the same whatever its renaming draws.
+    names = [f"{world.fmt.separator}{n}:" for n in speaker_names(N_SPEAKER_NAMES)]
+    tokenizer = train_tokenizer([*(r["text"] for r in train), *names], cfg.vocab_size)
     fitted = demonstrations(train, cfg)
+    texts = rename_speakers([r["text"] for r in fitted], world.fmt, cfg.rename_fraction, cfg.seed)
     # Whole-text tokenization equals piecewise (canonical) tokenization (tokenizer.py).
     inputs, targets = _windows(
-        [encode(tokenizer, r["text"]) for r in fitted], cfg.block_size + 1, tokenizer.eos_token_id
+        [encode(tokenizer, t) for t in texts], cfg.block_size + 1, tokenizer.eos_token_id
     )
     with _threads(cfg.num_threads):
         model = make_model(cfg, tokenizer)

@@ -203,6 +203,16 @@ def opener_candidates() -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
+def speaker_names(n: int, seed: int = 0) -> tuple[str, ...]:
+    """n capitalised chat words to stand in for the speaker tags (imitator.py, renaming),
+    drawn with a fixed seed so that every imitator of every world shares them."""
+    words = [w for w in opener_candidates() if w not in ("Teacher", "Student")]
+    pick = np.random.default_rng([seed, 6]).choice(
+        len(words), size=min(n, len(words)), replace=False
+    )
+    return tuple(sorted(words[i] for i in pick))
+
+
 def draw_openers(seed: int, n: int) -> tuple[str, ...]:
     """n openers drawn uniformly without replacement (seeded), sorted."""
     if n == 0:

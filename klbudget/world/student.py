@@ -23,6 +23,11 @@ on the replies so far:
 
 So the world holds silence, but only the student's: τ, the teacher, never writes an empty
 turn. Beyond the latent, the student is memoryless: only the teacher's last turn matters.
+
+Openers: with the world's openers, the student has a habit of its own like the teacher's
+(teacher.py): a non-empty reply is "<opener>, <body>", the opener kept from the student's
+last non-empty reply with probability ρ, else drawn uniformly, independently of the
+teacher's. P(o, r | h, c) = (1 − P(empty | h)) · P(o | h) · P(r | c).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from klbudget.world.pools import STUDENT_CATEGORIES, TEACHER_CLASSES, Pools, vader_compound
-from klbudget.world.teacher import Teacher, Turn, draw_index
+from klbudget.world.teacher import Teacher, Turn, body_of, draw_index, opener_chain
 
 # P(reply category | teacher class), columns in STUDENT_CATEGORIES order
 # (positive, neutral, negative, question).
@@ -60,6 +65,8 @@ class Student:
     ) -> None:
         self.teacher = teacher
         self.quiet, self.quiet_rate = quiet, quiet_rate
+        self.openers = teacher.openers  # the same pool as the teacher's, drawn independently
+        self.rho = teacher.rho
         sentences: list[str] = []
         cats: list[str] = []
         for k in STUDENT_CATEGORIES:
@@ -75,6 +82,41 @@ class Student:
         self._cdfs = {c: np.cumsum(p) for c, p in self._rows.items()}
         # Every reply the student can write: the pool, then the empty reply when it can be quiet.
         self.replies: tuple[str, ...] = self.sentences + (("",) if self.silent_ok else ())
+        # What a reply holds after the opener (the sentence itself without openers).
+        self.bodies: tuple[str, ...] = (
+            tuple(body_of(r) for r in self.sentences) if self.openers else self.sentences
+        )
+        self._index = {b: i for i, b in enumerate(self.bodies)}
+        if len(self._index) != len(self.sentences):
+            raise ValueError("student sentences collide once their first letter is lowered")
+        self._opener_index = {o: i for i, o in enumerate(self.openers)}
+
+    def parse(self, content: str) -> tuple[int, int] | None:
+        """(opener index or -1, sentence index or -1 for the empty reply) of a reply the student
+        can write, or None."""
+        if content == "":
+            return (-1, -1) if self.silent_ok else None
+        if not self.openers:
+            i = self._index.get(content)
+            return None if i is None else (-1, i)
+        opener, sep, body = content.partition(", ")
+        o, i = self._opener_index.get(opener), self._index.get(body)
+        return None if not sep or o is None or i is None else (o, i)
+
+    def content(self, opener: int, sentence: int) -> str:
+        """The reply with this opener (ignored without openers) and sentence."""
+        body = self.bodies[sentence]
+        return f"{self.openers[opener]}, {body}" if self.openers else body
+
+    def opener_probs(self, history: Sequence[Turn]) -> np.ndarray:
+        """P(o | h) of the next non-empty reply's opener, shape (O,) (module docstring)."""
+        last = None
+        for speaker, content in reversed(history):
+            hit = self.parse(content) if speaker == "student" and content else None
+            if hit is not None:
+                last = hit[0]
+                break
+        return opener_chain(len(self.openers), self.rho, last)
 
     @property
     def silent_ok(self) -> bool:
@@ -104,13 +146,35 @@ class Student:
         e = self.p_empty(history)
         return np.append(row * (1.0 - e), e)
 
+    def reply_factors(
+        self, teacher_content: str, history: Sequence[Turn] = ()
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The factors of P(reply | h) for token models (trie.TurnPieces): without openers
+        (P over :attr:`replies`, None); with openers (P(r | c) over :attr:`sentences`,
+        P over the heads: every opener, then the empty reply when the student can be quiet)."""
+        if not self.openers:
+            return self.reply_probs(teacher_content, history), None
+        e = self.p_empty(history)
+        heads = self.opener_probs(history) * (1.0 - e)
+        return self._rows[self.teacher_label(teacher_content)], (
+            np.append(heads, e) if self.silent_ok else heads
+        )
+
     def sample_reply(
-        self, teacher_content: str, rng: np.random.Generator, quiet: bool = False
+        self,
+        teacher_content: str,
+        rng: np.random.Generator,
+        quiet: bool = False,
+        history: Sequence[Turn] = (),
     ) -> str:
-        """r ~ P(r | teacher's last turn, the student quiet or not): the generative draw."""
+        """r ~ P(r | h, teacher's last turn, the student quiet or not): the generative draw;
+        ``history`` (the turns before that teacher turn) carries the opener habit."""
         if quiet and rng.random() < self.quiet_rate:
             return ""
-        return self.sentences[draw_index(self._cdfs[self.teacher_label(teacher_content)], rng)]
+        i = draw_index(self._cdfs[self.teacher_label(teacher_content)], rng)
+        if not self.openers:
+            return self.sentences[i]
+        return self.content(draw_index(np.cumsum(self.opener_probs(history)), rng), i)
 
     def expected_reward(self, teacher_content: str) -> float:
         """E[(s(r) + 1) / 2] with s the VADER compound: the reward of SYSTEM.md §2 (a student

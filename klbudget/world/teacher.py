@@ -94,6 +94,16 @@ def body_of(sentence: str) -> str:
     return sentence[0].lower() + sentence[1:]
 
 
+def opener_chain(n: int, rho: float, last: int | None) -> np.ndarray:
+    """P(o) over n openers after the last opener ``last`` (None: there was none): keep it with
+    probability ρ, else draw uniformly (module docstring)."""
+    p = np.full(n, 1.0 / n if n else 0.0)
+    if last is not None:
+        p *= 1.0 - rho
+        p[last] += rho
+    return p
+
+
 def context_of(history: Sequence[Turn]) -> str:
     """Category x of the last student reply in ``history`` ("start" when there is none)."""
     for speaker, content in reversed(history):
@@ -225,13 +235,8 @@ class Teacher:
     def opener_probs(self, history: Sequence[Turn]) -> np.ndarray:
         """P(o | h) over :attr:`openers`, shape (O,), float64 (module docstring); (0,) without
         openers."""
-        n = len(self.openers)
-        p = np.full(n, 1.0 / n if n else 0.0)
-        last = self.last_opener(history) if n else None
-        if last is not None:
-            p *= 1.0 - self.rho
-            p[last] += self.rho
-        return p
+        last = self.last_opener(history) if self.openers else None
+        return opener_chain(len(self.openers), self.rho, last)
 
     def turn_logprob(self, history: Sequence[Turn], content: str) -> float:
         """log P(o, u | h); -inf when τ cannot write ``content``."""

@@ -28,7 +28,7 @@ ChatFormat.split_turns returns them; teacher.py says how τ reads any history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,11 +37,26 @@ from transformers import PreTrainedTokenizerBase
 from klbudget.envs.format import ChatFormat
 from klbudget.world.teacher import Teacher, Turn
 from klbudget.world.tokenizer import encode, turn_piece
-from klbudget.world.trie import CandidateTrie, Node
+from klbudget.world.trie import Node, TurnPieces
 
 
 def _ids(prefix: Sequence[int] | torch.Tensor) -> list[int]:
     return prefix.tolist() if isinstance(prefix, torch.Tensor) else list(prefix)
+
+
+def check_split(
+    piece_ids: Callable[[str], list[int]],
+    content: Callable[[int, int], str],
+    head_ids: Sequence[Sequence[int]],
+    body_ids: Sequence[Sequence[int]],
+) -> None:
+    """The factorisation of TurnPieces needs each whole turn's tokens to be its opener's
+    followed by its body's: checked for every opener with one body and every body with one
+    opener (pre-token alignment makes the rest follow, tokenizer.py)."""
+    for o in range(len(head_ids)):
+        for u in [0] if o else range(len(body_ids)):
+            if piece_ids(content(o, u)) != [*head_ids[o], *body_ids[u]]:
+                raise ValueError(f"turn {content(o, u)!r} does not split at its opener")
 
 
 class TeacherTokenModel:
@@ -59,58 +74,31 @@ class TeacherTokenModel:
         self.fmt = fmt or ChatFormat()
         # A model may pad its embedding beyond the tokenizer; outputs then match its logits.
         self.vocab_size = max(len(tokenizer), vocab_size or 0)
-        # Canonical ids of every sentence's piece (the body and the hand-over), in τ's order.
+        # Canonical ids of every sentence's piece (the body and the hand-over), in τ's order,
+        # and of " o," for every opener.
         self.turn_ids: list[list[int]] = [self.piece_ids(u) for u in tau.bodies]
-        self.trie = CandidateTrie(self.turn_ids)
-        # Canonical ids of " o," for every opener; None without openers.
         self.opener_ids = [encode(self.tokenizer, f" {o},") for o in tau.openers]
-        self.opener_trie = CandidateTrie(self.opener_ids) if tau.openers else None
-        for o in range(len(tau.openers)):  # the factorisation needs aligned pieces (doc)
-            for u in [0] if o else range(len(tau.sentences)):
-                whole = self.piece_ids(tau.content(o, u))
-                if whole != self.opener_ids[o] + self.turn_ids[u]:
-                    raise ValueError(f"turn {tau.content(o, u)!r} does not split at its opener")
+        self.pieces = TurnPieces(self.turn_ids, self.opener_ids or None)
+        self.trie = self.pieces.body
+        check_split(self.piece_ids, tau.content, self.opener_ids, self.turn_ids)
 
     def piece_ids(self, content: str) -> list[int]:
         """Canonical ids of the teacher piece with this content (content + hand-over)."""
         return encode(self.tokenizer, turn_piece(self.fmt, "teacher", content))
 
     # --- the exact conditional -------------------------------------------------------------
-    def _locate(
-        self, history: Sequence[Turn] | None, prefix: Sequence[int] | torch.Tensor
-    ) -> tuple[CandidateTrie, list[int], np.ndarray | None] | None:
-        """(trie, the prefix's part inside it, its candidates' sorted probabilities given
-        ``history``; None when no history is given), or None when no turn τ can write starts
-        with ``prefix``."""
-        ids = _ids(prefix)
-        trie, rest, stage = self.trie, ids, "sentence"
-        if self.opener_trie is not None:
-            trie, stage = self.opener_trie, "opener"
-            for k in range(len(ids) + 1):
-                node = self.opener_trie.node(ids[:k])
-                if node is None:
-                    return None
-                if node.complete:
-                    trie, rest, stage = self.trie, ids[k:], "sentence"
-                    break
-        if history is None:
-            return trie, rest, None
-        p = self.tau.turn_probs(history) if stage == "sentence" else self.tau.opener_probs(history)
-        return trie, rest, trie.to_sorted(p)
-
     def _node(self, prefix: Sequence[int] | torch.Tensor) -> Node | None:
-        loc = self._locate(None, prefix)
+        loc = self.pieces.locate(_ids(prefix))
         return None if loc is None else loc[0].node(loc[1])
 
     def next_token_dist(
         self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sparse τ(· | h, y_{<t}): (token ids, probabilities); both empty when undefined."""
-        loc = self._locate(history, teacher_prefix_ids)
-        if loc is None:
-            return np.empty(0, np.int64), np.empty(0)
-        trie, rest, p_sorted = loc
-        return trie.next_token_dist(p_sorted, rest)
+        p_open = self.tau.opener_probs(history) if self.tau.openers else None
+        return self.pieces.next_token_dist(
+            _ids(teacher_prefix_ids), self.tau.turn_probs(history), p_open
+        )
 
     def next_token_logprobs(
         self, history: Sequence[Turn], teacher_prefix_ids: Sequence[int] | torch.Tensor
@@ -148,10 +136,8 @@ class TeacherTokenModel:
 
     def is_complete(self, teacher_prefix_ids: Sequence[int] | torch.Tensor) -> bool:
         """Whether the tokens are a whole supported turn, hand-over included."""
-        loc = self._locate(None, teacher_prefix_ids)
-        if loc is None or loc[0] is not self.trie:
-            return False
-        node = self.trie.node(loc[1])
+        loc = self.pieces.locate(_ids(teacher_prefix_ids))
+        node = None if loc is None or loc[0] is not self.trie else self.trie.node(loc[1])
         return node is not None and node.complete
 
     # --- sampling ---------------------------------------------------------------------------
@@ -163,11 +149,13 @@ class TeacherTokenModel:
     ) -> list[int]:
         """The rest of the turn, y_{≥t} ~ τ(· | h, y_{<t}) (a whole turn drawn at once); an
         empty prefix draws a whole turn."""
-        loc = self._locate(history, teacher_prefix_ids)
+        loc = self.pieces.locate(_ids(teacher_prefix_ids))
         node = None if loc is None else loc[0].node(loc[1])
         if loc is None or node is None:
             raise ValueError("τ cannot continue a prefix outside its support")
-        trie, rest, p_sorted = loc
+        trie, rest = loc
+        p = self.tau.turn_probs(history) if trie is self.trie else self.tau.opener_probs(history)
+        p_sorted = trie.to_sorted(p)
         # Drawing a whole piece from its factor restricted to the node is exactly τ's
         # conditional; after an opener's piece the sentence's is drawn whole.
         p = p_sorted[node.lo : node.hi]

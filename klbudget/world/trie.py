@@ -97,3 +97,52 @@ class CandidateTrie:
             return np.empty(0, np.int64), np.empty(0)
         mass = self.child_mass(p_sorted, node)
         return node.tokens, mass / mass.sum()
+
+
+class TurnPieces:
+    """Turns made of an optional head piece (an opener) and a body piece, as two tries.
+
+    With heads, a turn's tokens are ids(head) + ids(body) and its probability factorises,
+    P(head, body) = p_head(head) · p_body(body): a prefix walks the head trie until it holds a
+    whole head, then the body trie. The last ``final_heads`` heads are whole turns on their
+    own (the empty reply): nothing follows them. Without heads it is one trie over bodies.
+    """
+
+    def __init__(
+        self,
+        bodies: Sequence[Sequence[int]],
+        heads: Sequence[Sequence[int]] | None = None,
+        final_heads: int = 0,
+    ) -> None:
+        self.body = CandidateTrie(bodies)
+        self.head = CandidateTrie(heads) if heads else None
+        self.first_final = len(heads) - final_heads if heads else 0
+
+    def locate(self, prefix: Sequence[int]) -> tuple[CandidateTrie, list[int]] | None:
+        """(the trie the next token comes from, the prefix's part inside it), or None when no
+        turn starts with ``prefix``."""
+        ids = [int(t) for t in prefix]
+        if self.head is None:
+            return self.body, ids
+        for k in range(len(ids) + 1):
+            node = self.head.node(ids[:k])
+            if node is None:
+                return None
+            if node.complete:
+                if int(self.head.order[node.lo]) >= self.first_final:  # a whole turn
+                    return (self.head, ids) if k == len(ids) else None
+                return self.body, ids[k:]
+        return self.head, ids
+
+    def next_token_dist(
+        self, prefix: Sequence[int], p_body: np.ndarray, p_head: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, P(v | prefix)) under the factors (each in its caller's order); empty
+        arrays where undefined (outside the turns, or after a whole turn)."""
+        loc = self.locate(prefix)
+        if loc is None:
+            return np.empty(0, np.int64), np.empty(0)
+        trie, rest = loc
+        p = p_body if trie is self.body else p_head
+        assert p is not None
+        return trie.next_token_dist(trie.to_sorted(p), rest)

@@ -67,3 +67,34 @@ def test_only_students_go_silent_and_silence_persists(quiet_dir) -> None:
     assert 0.2 * n < silent_convs < 0.45 * n
     # After a first empty reply the student is quiet: the next ones are empty with rate q.
     assert abs(np.mean(after_silence) - 0.5) < 4 * math.sqrt(0.25 / len(after_silence))
+
+
+def test_student_pieces_with_openers_and_silence_sum_to_one(small_cfg, tmp_path) -> None:
+    """Token-level student (the held-out report's TurnPieces): the chain rule over each
+    reply's tokens gives its exact probability, and all replies sum to one."""
+    from klbudget.world.tokenizer import encode, train_tokenizer, turn_piece
+    from klbudget.world.trie import TurnPieces
+
+    cfg = replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_openers=4)
+    world = load_world(build_world(cfg, tmp_path / "w"))
+    st, fmt = world.student, world.fmt
+    tok = train_tokenizer([r["text"] for r in load_split(tmp_path / "w", "train")], 400)
+    ids = lambda c: encode(tok, turn_piece(fmt, "student", c))  # noqa: E731
+    heads = [encode(tok, f" {o},") for o in st.openers] + [ids("")]
+    pieces = TurnPieces([ids(b) for b in st.bodies], heads, final_heads=1)
+    u = world.teacher.content(1, 0)
+    h = [("teacher", u), ("student", st.content(2, 1))]
+    p_body, p_head = st.reply_factors(u, h)
+    total = 0.0
+    for c in ["", *(st.content(o, r) for o in range(4) for r in range(len(st.sentences)))]:
+        seq = ids(c)
+        lp = 0.0
+        for t, v in enumerate(seq):
+            tokens, q = pieces.next_token_dist(seq[:t], p_body, p_head)
+            lp += math.log(q[list(tokens).index(v)])
+        o, r = st.parse(c)
+        expected = p_head[-1] if c == "" else p_head[o] * p_body[r]
+        assert math.isclose(lp, math.log(expected), rel_tol=1e-10)
+        total += math.exp(lp)
+    assert math.isclose(total, 1.0, rel_tol=1e-9)
+    assert st.parse(st.content(3, 0)) == (3, 0) and st.parse("Zz, hi") is None
