@@ -47,7 +47,7 @@ REPORT_FILE = "imitator.json"
 class ImitatorConfig:
     """Tokenizer, architecture and training of the imitator β."""
 
-    vocab_size: int = 2048  # BPE vocabulary target (a small corpus may fit fewer merges)
+    vocab_size: int = 4096  # BPE vocabulary target (a small corpus may fit fewer merges)
     n_layer: int = 2  # transformer blocks
     n_embd: int = 160  # model width
     n_head: int = 4  # attention heads (head size n_embd / n_head)
@@ -67,7 +67,7 @@ class ImitatorConfig:
     probe_samples: int = 16  # student replies sampled per teacher class in the reward probe
     train_fraction: float = 1.0  # fit β on the first fraction of the training transcripts
     bootstrap: int = 0  # > 0: fit on a bootstrap resample (with replacement) drawn with this seed
-    rename_fraction: float = 0.0  # share of transcripts fitted with random speaker names
+    rename_fraction: float = 0.8  # share of transcripts fitted with random speaker names
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -80,7 +80,7 @@ def _file_digest(path: Path) -> str:
 
 # Fields added after the first release enter the cache key only when they differ from their
 # default, so folders trained before they existed keep their keys.
-_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0, "rename_fraction": 0.0}
+_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0}
 N_SPEAKER_NAMES = 400  # pool of names for speaker renaming
 
 
@@ -355,9 +355,9 @@ def student_reward_probe(
     out: dict[str, float] = {}
     groups: dict[str, list[str]] = {}
     for c in dict.fromkeys(world.teacher.classes):
-        pool = [
-            u for u, k in zip(world.teacher.sentences, world.teacher.classes, strict=True) if k == c
-        ]
+        # τ's own turns of the class (with the first opener, when the world has openers).
+        tau = world.teacher
+        pool = [tau.content(0, i) for i, k in enumerate(tau.classes) if k == c]
         groups[c] = [pool[i] for i in np.linspace(0, len(pool) - 1, samples).round().astype(int)]
     groups["empty"] = [""] * samples
     for label, contents in groups.items():

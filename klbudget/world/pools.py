@@ -194,11 +194,12 @@ _OPENER = re.compile(r"^([A-Z][a-z]{1,11}), [A-Za-z]")
 
 def opener_candidates() -> tuple[str, ...]:
     """Words people open a chat line with before a comma ("Well, ...", "Honestly, ..."):
-    a capitalised word of 2-12 letters, sorted; the teacher blocklist applies."""
+    a capitalised word of 2-12 letters, sorted; the teacher blocklist applies, and only
+    words VADER scores 0 are kept, so an opener never moves a turn's sentiment."""
     words = set()
     for line in chat_lines():
         m = _OPENER.match(line)
-        if m and not _TEACHER_BLOCKLIST.search(m.group(1)):
+        if m and not _TEACHER_BLOCKLIST.search(m.group(1)) and vader_compound(m.group(1)) == 0:
             words.add(m.group(1))
     return tuple(sorted(words))
 
