@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bases", default="",
         help="comma-separated base kinds, crossed with --budgets (instead of --agents)",
     )  # fmt: skip
-    d.add_argument("--ensemble", type=int, default=3, help="ensemble members (bayes, pessimistic)")
+    d.add_argument("--ensemble", type=int, default=2, help="ensemble members (bayes, pessimistic)")
     d.add_argument(
         "--help-fractions", default="",
         help="comma-separated fractions of the demonstrations: help rate of the pessimistic base",

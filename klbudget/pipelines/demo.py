@@ -61,7 +61,7 @@ def run_demo(
     imitator_set: list[str] | None = None,
     train_set: list[str] | None = None,
     eval_episodes: int = 32,
-    ensemble: int = 3,
+    ensemble: int = 2,
     help_fractions: tuple[float, ...] = (),
     progress: bool = True,
 ) -> list[dict]:
@@ -107,7 +107,15 @@ def run_demo(
         cfg = _with_base(cfg, kind, members, world_dir).validate()
         say(f"[3/4] agent {i + 1}/{len(plan)}: {kind} base, {budget:g} nats -> {run}", flush=True)
         Trainer(cfg, run, progress=progress).learn()
-        evaluate_run(run, episodes=eval_episodes, world=world_dir, progress=progress)
+        # L/2 and L: both inside the window β was trained on (imitator block_size), so the
+        # length effect is not confounded by β leaving its training distribution.
+        length = cfg.env.length
+        if length > imit_cfg.block_size:
+            raise ConfigError(
+                f"episodes of {length} tokens exceed the imitator's window {imit_cfg.block_size}"
+            )
+        evaluate_run(run, episodes=eval_episodes, lengths=[length // 2, length],
+                     world=world_dir, progress=progress)  # fmt: skip
         runs.append(run)
     study = []
     for f in help_fractions:

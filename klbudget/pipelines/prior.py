@@ -33,6 +33,8 @@ class PriorResult:
 
     costs: np.ndarray  # (episodes, turns) nats
     first_tau: int  # teacher turns τ wrote before the silence began
+    ids: np.ndarray  # (episodes, T) the transcripts' token ids
+    starts: np.ndarray  # (episodes, turns) position of each empty turn's first token, -1: none
 
     def summary(self) -> list[dict[str, float]]:
         """Per n: median, mean, quartiles and the number of episodes that reached it."""
@@ -83,6 +85,7 @@ def empty_turn_costs(
         oracle = tau_oracle(world, env.base, cfg)
     empty = env.text.encode(env.chat.to_student)
     costs = np.full((episodes, turns), np.nan)
+    starts = np.full((episodes, turns), -1)
     queue: list[list[int]] = [[] for _ in range(episodes)]
     started = [0] * episodes  # teacher turns begun
     silent = [-1] * episodes  # index of the empty turn being written, -1 if none
@@ -100,7 +103,7 @@ def empty_turn_costs(
                     n = k - first_tau
                     queue[i], silent[i] = list(empty), (n if n < turns else -1)
                     if 0 <= n < turns:
-                        costs[i, n] = 0.0
+                        costs[i, n], starts[i, n] = 0.0, env.t
             tok = queue[i].pop(0)
             actions[i] = tok
             if silent[i] >= 0:
@@ -112,4 +115,5 @@ def empty_turn_costs(
     for i in range(episodes):
         if queue[i] and silent[i] >= 0:
             costs[i, silent[i]] = math.nan
-    return PriorResult(costs=costs, first_tau=first_tau)
+    ids = env.ids[:, : env.t].numpy().copy()
+    return PriorResult(costs=costs, first_tau=first_tau, ids=ids, starts=starts)

@@ -31,7 +31,7 @@ def test_demo_tiny(tmp_path, capsys):
     assert (out / "report.html").is_file()
     metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
     assert set(metrics["eval"]) == {
-        f"{p}_L{n}" for p in ("agent", "base", "tau") for n in (100, 200)
+        f"{p}_L{n}" for p in ("agent", "base", "tau") for n in (50, 100)
     }
     # τ acting: never an empty turn, never outside its own support, KL(τ‖τ) = 0.
     tau = metrics["eval"]["tau_L100"]

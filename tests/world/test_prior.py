@@ -1,0 +1,62 @@
+"""The empty-turn prior (klbudget.pipelines.prior): each cost is the base's own teacher-forced
+−log-probability of the empty turn's tokens in the transcript the environment wrote, and the
+command refuses bad input with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from klbudget.base.hf import HFBase
+from klbudget.config import apply_overrides, preset
+from klbudget.envs.format import ChatFormat
+from klbudget.world.corpus import load_world
+from klbudget.pipelines.prior import empty_turn_costs
+
+
+def test_costs_match_teacher_forced_scores(tiny_folder, small_dir) -> None:
+    cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
+    res = empty_turn_costs(cfg, episodes=3, turns=3, first_tau=1, world=small_dir, seed=5)
+    base = HFBase(tiny_folder)
+    empty = base.tokenizer("\n\nStudent:", add_special_tokens=False)["input_ids"]
+    logp = base.score(torch.tensor(res.ids)).numpy()  # (E, T-1): log p(x_t | x_<t) at t-1
+    checked = 0
+    for e in range(3):
+        for n in range(3):
+            s = res.starts[e, n]
+            if s < 0 or not np.isfinite(res.costs[e, n]):
+                continue
+            assert res.ids[e, s : s + len(empty)].tolist() == empty
+            expected = -logp[e, s - 1 : s - 1 + len(empty)].sum()
+            assert abs(res.costs[e, n] - expected) < 1e-3
+            checked += 1
+    assert checked >= 3
+    # τ wrote the first teacher turn (in its support), the next ones are empty.
+    world = load_world(small_dir)
+    turns = ChatFormat().split_turns(base.tokenizer.decode(res.ids[0].tolist()))
+    teacher = [c for speaker, c in turns if speaker == "teacher"]
+    assert world.teacher.in_support(teacher[0])
+    assert len(teacher) >= 2 and all(c == "" for c in teacher[1:])
+    assert [r["n"] for r in res.summary()][:1] == [1]
+
+
+def test_prior_command_bad_input(tiny_folder, small_dir, tmp_path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "klbudget.cli", "base", "prior", *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    r = run("--model", str(tiny_folder), "--world", str(tmp_path))
+    assert r.returncode == 2 and "not a world folder" in r.stderr
+    r = run("--model", str(tiny_folder), "--world", str(small_dir), "--first-tau", "x")
+    assert r.returncode == 2 and "--first-tau" in r.stderr
+    r = run("--model", str(tmp_path / "none"), "--world", str(small_dir))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = run("--model", str(tiny_folder), "--world", str(small_dir), "--episodes", "2",
+            "--turns", "2", "--first-tau", "0", "--set", "env.length=100")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "n-th empty teacher turn" in r.stdout
