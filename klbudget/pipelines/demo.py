@@ -149,18 +149,21 @@ PRIOR_FIRST_TAU = (0, 3)  # silence from the first teacher turn, and after 3 tur
 def empty_turn_priors(
     members: list[Path], cfg: Config, world: Path, *, pessimistic: bool, episodes: int = 8
 ) -> list[dict]:
-    """The cost of the n-th empty turn (klbudget.pipelines.prior) under each member alone and,
-    with ``pessimistic``, under ν_α with help; one row per base and number of τ turns first."""
+    """The cost of the n-th empty turn (klbudget.pipelines.prior) on the same transcripts
+    (β writes the student) under each member and, with ``pessimistic``, under ν_α with help;
+    one row per base and number of τ turns first."""
+    kind = "pessimistic" if pessimistic and len(members) > 1 else "single"
+    c = _with_base(apply_overrides(cfg, [f"model.path={members[0]}"]), kind, members, world)
     rows = []
-    bases = [(f"member {j}" if j else "β (member 0)", members[j], "single")
-             for j in range(len(members))]  # fmt: skip
-    if pessimistic:
-        bases.append(("ν_α + help", members[0], "pessimistic"))
-    for name, folder, kind in bases:
-        c = _with_base(apply_overrides(cfg, [f"model.path={folder}"]), kind, members, world)
-        for first in PRIOR_FIRST_TAU:
-            res = empty_turn_costs(c, episodes=episodes, first_tau=first, world=world)
-            rows.append({"base": name, "model": folder.name, "first_tau": first,
+    for first in PRIOR_FIRST_TAU:
+        res = empty_turn_costs(c, episodes=episodes, first_tau=first, world=world)
+        named = [("β (member 0)" if k == 0 else f"member {k}", k) for k in range(len(members))]
+        for name, k in named if kind != "single" else named[:1]:
+            part = res.member(k) if kind != "single" else res
+            rows.append({"base": name, "model": members[k].name, "first_tau": first,
+                         "by_n": part.summary()})  # fmt: skip
+        if kind != "single":
+            rows.append({"base": "ν_α + help", "model": "", "first_tau": first,
                          "by_n": res.summary()})  # fmt: skip
     return rows
 

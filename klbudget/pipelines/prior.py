@@ -11,7 +11,8 @@ silent meets. The cost of the n-th empty turn is
 the KL, in realized nats, that an agent pays to write that turn with certainty. The paper's
 effect needs c_1 affordable within the budget and c_n falling with n. Under a pessimistic
 base the cost is −log ν_α, whose leftover mass is help: silence stays expensive there unless
-every plausible member discounts it.
+every plausible member discounts it. With an ensemble base every member is costed on the same
+transcripts (whose student is member 0, as in training).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class PriorResult:
     first_tau: int  # teacher turns τ wrote before the silence began
     ids: np.ndarray  # (episodes, T) the transcripts' token ids
     starts: np.ndarray  # (episodes, turns) position of each empty turn's first token, -1: none
+    member_costs: np.ndarray | None = None  # (K, episodes, turns) under each ensemble member
+
+    def member(self, k: int) -> PriorResult:
+        """The same transcripts, costed under ensemble member k alone."""
+        assert self.member_costs is not None
+        return PriorResult(self.member_costs[k], self.first_tau, self.ids, self.starts)
 
     def summary(self) -> list[dict[str, float]]:
         """Per n: median, mean, quartiles and the number of episodes that reached it."""
@@ -76,6 +83,7 @@ def empty_turn_costs(
     if episodes < 1 or turns < 1 or first_tau < 0:
         raise ValueError("episodes and turns must be >= 1 and first_tau >= 0")
     env = build_env(cfg, n_envs=episodes)
+    members = getattr(env.base, "members", None)  # an ensemble: cost each member too
     oracle = None
     if first_tau:
         from klbudget.pipelines.evaluate import tau_oracle
@@ -86,6 +94,7 @@ def empty_turn_costs(
     empty = env.text.encode(env.chat.to_student)
     costs = np.full((episodes, turns), np.nan)
     starts = np.full((episodes, turns), -1)
+    per_member = None if members is None else np.full((len(members), episodes, turns), np.nan)
     queue: list[list[int]] = [[] for _ in range(episodes)]
     started = [0] * episodes  # teacher turns begun
     silent = [-1] * episodes  # index of the empty turn being written, -1 if none
@@ -104,10 +113,14 @@ def empty_turn_costs(
                     queue[i], silent[i] = list(empty), (n if n < turns else -1)
                     if 0 <= n < turns:
                         costs[i, n], starts[i, n] = 0.0, env.t
+                        if per_member is not None:
+                            per_member[:, i, n] = 0.0
             tok = queue[i].pop(0)
             actions[i] = tok
             if silent[i] >= 0:
                 costs[i, silent[i]] -= float(obs["base_logp"][i, tok])
+                if per_member is not None:  # the members' log-probs at this position
+                    per_member[:, i, silent[i]] -= env.base._member_logp[i, :, tok].numpy()
         if all(s >= first_tau + turns for s in started) and not any(queue):
             break
         obs, *_ = env.step(actions)
@@ -115,5 +128,7 @@ def empty_turn_costs(
     for i in range(episodes):
         if queue[i] and silent[i] >= 0:
             costs[i, silent[i]] = math.nan
+            if per_member is not None:
+                per_member[:, i, silent[i]] = math.nan
     ids = env.ids[:, : env.t].numpy().copy()
-    return PriorResult(costs=costs, first_tau=first_tau, ids=ids, starts=starts)
+    return PriorResult(costs, first_tau, ids, starts, per_member)

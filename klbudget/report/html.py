@@ -105,14 +105,19 @@ def load_run(path: Path, *, fmt: ChatFormat | None = None, n_samples: int = 2) -
 
 
 def _samples(path: Path, n: int) -> list[tuple[str, Episode]]:
-    """The first `n` agent episodes at the shortest eval length and one base episode there;
-    without eval records, the last training episode."""
+    """`n` agent episodes at the longest eval length, the one with the most empty teacher
+    turns first (the silent agent's transcript, when there is one), then one base episode
+    there; without eval records, the last training episode."""
     files = eval_files(path)
     agent = sorted(k for k in files if k[0] == "agent")
     out: list[tuple[str, Episode]] = []
     if agent:
-        length = agent[0][1]
-        out += [("eval", e) for e in load_episodes(files[("agent", length)])[:n]]
+        length = agent[-1][1]
+        episodes = load_episodes(files[("agent", length)])
+        silent = max(episodes, key=lambda e: empty_turn_fraction(e) or 0.0, default=None)
+        if silent is not None and (empty_turn_fraction(silent) or 0.0) > 0:
+            episodes = [silent, *(e for e in episodes if e is not silent)]
+        out += [("eval", e) for e in episodes[:n]]
         if ("base", length) in files:
             out += [("eval", e) for e in load_episodes(files[("base", length)])[:1]]
     elif (path / "episodes.jsonl").exists():

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 # Bumped whenever a change to the world's code changes what a config generates.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 
 
 def stable_hash(payload: object, length: int = 12) -> str:

@@ -12,13 +12,18 @@ rows: it tells the student nothing, and nothing about it (silence included) is r
 punished on purpose.
 
 Quiet students (``quiet_students`` = p, ``quiet_rate`` = q). A conversation's student is quiet
-with probability p, drawn once; a quiet student replies with nothing (the empty reply, the
-hand-back straight after the student tag) with probability q and otherwise as above; other
-students always say something. The predictive distribution marginalises the latent by Bayes
-on the replies so far:
+with probability p, drawn once; after its first reply, which always says something, a quiet
+student replies with nothing (the empty reply, the hand-back straight after the student tag)
+with probability q and otherwise as above; other students always say something. The
+predictive distribution marginalises the latent by Bayes on the replies so far:
 
-    P(empty | h) = q · P(quiet | h),  P(quiet | h) = 1 if h holds an empty reply, else
-                   p (1 − q)^k / (p (1 − q)^k + 1 − p) after k non-empty replies
+    P(empty | h) = 0 before the first reply, then q · P(quiet | h), where P(quiet | h) = 1 if
+                   h holds an empty reply, else p (1 − q)^(k−1) / (p (1 − q)^(k−1) + 1 − p)
+                   after k ≥ 1 non-empty replies
+
+(The first reply is never empty so that a student sampled near-greedily, as the environment
+samples it at temperature 0.05, does not fall silent from the start: silence must not be the
+single most likely reply to a teacher it has not heard from.)
     P(r | h, c)  = (1 − P(empty | h)) · P(r | c)
 
 So the world holds silence, but only the student's: τ, the teacher, never writes an empty
@@ -128,9 +133,11 @@ class Student:
         if not self.silent_ok:
             return 0.0
         said = [content for speaker, content in history if speaker == "student"]
+        if not said:
+            return 0.0  # every student says something first
         if "" in said:
             return self.quiet_rate
-        like = self.quiet * (1.0 - self.quiet_rate) ** len(said)
+        like = self.quiet * (1.0 - self.quiet_rate) ** (len(said) - 1)
         return self.quiet_rate * like / (like + 1.0 - self.quiet)
 
     def teacher_label(self, teacher_content: str) -> str:
@@ -169,7 +176,8 @@ class Student:
     ) -> str:
         """r ~ P(r | h, teacher's last turn, the student quiet or not): the generative draw;
         ``history`` (the turns before that teacher turn) carries the opener habit."""
-        if quiet and rng.random() < self.quiet_rate:
+        started = any(speaker == "student" for speaker, _ in history)
+        if quiet and started and rng.random() < self.quiet_rate:
             return ""
         i = draw_index(self._cdfs[self.teacher_label(teacher_content)], rng)
         if not self.openers:

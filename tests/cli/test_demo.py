@@ -28,6 +28,16 @@ def test_demo_tiny(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "report:" in text and "agent_B4" in text and "pessimistic_B4" in text
     assert "help rate of the pessimistic base" in text
+    # The empty-turn prior: β, the other member and ν_α on the same transcripts.
+    assert "cost of the n-th empty teacher turn" in text
+    prior = json.loads((out / "prior.json").read_text())
+    assert {r["base"] for r in prior} == {"β (member 0)", "member 1", "ν_α + help"}
+    by_base = {(r["base"], r["first_tau"]): r["by_n"] for r in prior}
+    for first in (0, 3):
+        for n, row in enumerate(by_base[("ν_α + help", first)]):
+            # ν_α ≤ every plausible member pointwise, so its cost is at least theirs.
+            members = [by_base[(b, first)][n]["median"] for b in ("β (member 0)", "member 1")]
+            assert row["median"] >= min(members) - 1e-6
     assert (out / "report.html").is_file()
     metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
     assert set(metrics["eval"]) == {

@@ -13,8 +13,8 @@ import torch
 from klbudget.base.hf import HFBase
 from klbudget.config import apply_overrides, preset
 from klbudget.envs.format import ChatFormat
-from klbudget.world.corpus import load_world
 from klbudget.pipelines.prior import empty_turn_costs
+from klbudget.world.corpus import load_world
 
 
 def test_costs_match_teacher_forced_scores(tiny_folder, small_dir) -> None:
