@@ -66,6 +66,11 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
+def _band(ax: Axes, x: list, lo: list, hi: list, color: str, alpha: float) -> None:
+    """A quantile band between ``lo`` and ``hi``."""
+    ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
+
+
 def _legend(ax: Axes) -> None:
     """A legend when something was labelled (an empty one only draws a warning)."""
     if ax.get_legend_handles_labels()[0]:
@@ -96,14 +101,7 @@ def training_plot(runs: Sequence[RunMetrics]) -> bytes | None:
             bins = tr.get("reward_over_training") or []
             if bins:
                 x = [b["episode"] for b in bins]
-                ax_r.fill_between(
-                    x,
-                    [b["q10"] for b in bins],
-                    [b["q90"] for b in bins],
-                    color=colour(i),
-                    alpha=0.2,
-                    linewidth=0,
-                )
+                _band(ax_r, x, [b["q10"] for b in bins], [b["q90"] for b in bins], colour(i), 0.2)
                 ax_r.plot(x, [b["q50"] for b in bins], ".-", color=colour(i), label=label(name))
                 drawn = True
             ebins = tr.get("empty_turn_frac_over_training") or []
@@ -213,14 +211,7 @@ def _nth_empty_panel(ax: Axes, runs: Sequence[RunMetrics], key: str) -> bool:
                 continue
             n = [r["n"] for r in rows]
             style = ("-", "--", ":", "-.")[j % 4]
-            ax.fill_between(
-                n,
-                [r["q25"] for r in rows],
-                [r["q75"] for r in rows],
-                color=colour(i),
-                alpha=0.15,
-                linewidth=0,
-            )
+            _band(ax, n, [r["q25"] for r in rows], [r["q75"] for r in rows], colour(i), 0.15)
             ax.plot(
                 n,
                 [r["q50"] for r in rows],

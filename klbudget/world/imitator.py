@@ -39,7 +39,7 @@ from klbudget.world.token_model import TeacherTokenModel
 from klbudget.world.tokenizer import encode, train_tokenizer, transcript_pieces, turn_piece
 from klbudget.world.trie import TurnPieces
 
-IMITATOR_VERSION = 2  # bumped when training code changes what a config produces
+IMITATOR_VERSION = 3  # bumped when training code changes what a config produces
 REPORT_FILE = "imitator.json"
 
 

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from klbudget.world.pools import STUDENT_CATEGORIES, TEACHER_CLASSES, Pools, vader_compound
-from klbudget.world.teacher import Teacher, Turn, body_of, draw_index, opener_chain
+from klbudget.world.teacher import OpenerHabit, Teacher, Turn, draw_index, opener_chain
 
 # P(reply category | teacher class), columns in STUDENT_CATEGORIES order
 # (positive, neutral, negative, question).
@@ -87,31 +87,19 @@ class Student:
         self._cdfs = {c: np.cumsum(p) for c, p in self._rows.items()}
         # Every reply the student can write: the pool, then the empty reply when it can be quiet.
         self.replies: tuple[str, ...] = self.sentences + (("",) if self.silent_ok else ())
-        # What a reply holds after the opener (the sentence itself without openers).
-        self.bodies: tuple[str, ...] = (
-            tuple(body_of(r) for r in self.sentences) if self.openers else self.sentences
-        )
-        self._index = {b: i for i, b in enumerate(self.bodies)}
-        if len(self._index) != len(self.sentences):
-            raise ValueError("student sentences collide once their first letter is lowered")
-        self._opener_index = {o: i for i, o in enumerate(self.openers)}
+        self.habit = OpenerHabit(self.openers, self.sentences, "student pools")
+        self.bodies = self.habit.bodies  # what a reply holds after its opener
 
     def parse(self, content: str) -> tuple[int, int] | None:
         """(opener index or -1, sentence index or -1 for the empty reply) of a reply the student
         can write, or None."""
         if content == "":
             return (-1, -1) if self.silent_ok else None
-        if not self.openers:
-            i = self._index.get(content)
-            return None if i is None else (-1, i)
-        opener, sep, body = content.partition(", ")
-        o, i = self._opener_index.get(opener), self._index.get(body)
-        return None if not sep or o is None or i is None else (o, i)
+        return self.habit.parse(content)
 
     def content(self, opener: int, sentence: int) -> str:
         """The reply with this opener (ignored without openers) and sentence."""
-        body = self.bodies[sentence]
-        return f"{self.openers[opener]}, {body}" if self.openers else body
+        return self.habit.content(opener, sentence)
 
     def opener_probs(self, history: Sequence[Turn]) -> np.ndarray:
         """P(o | h) of the next non-empty reply's opener, shape (O,) (module docstring)."""

@@ -104,6 +104,37 @@ def opener_chain(n: int, rho: float, last: int | None) -> np.ndarray:
     return p
 
 
+class OpenerHabit:
+    """Turn contents "<opener>, <body>" over a pool of openers and one of sentences (module
+    docstring), parsed back exactly; without openers a turn's content is the sentence."""
+
+    def __init__(self, openers: Sequence[str], sentences: Sequence[str], what: str) -> None:
+        self.openers = tuple(openers)
+        self.bodies: tuple[str, ...] = (
+            tuple(body_of(u) for u in sentences) if self.openers else tuple(sentences)
+        )
+        self._index = {b: i for i, b in enumerate(self.bodies)}
+        if len(self._index) != len(self.bodies):
+            raise ValueError(f"{what}: two sentences read the same after an opener")
+        self._opener_index = {o: i for i, o in enumerate(self.openers)}
+        if len(self._opener_index) != len(self.openers):
+            raise ValueError("openers repeat")
+
+    def parse(self, content: str) -> tuple[int, int] | None:
+        """(opener index or -1 without openers, sentence index), or None for other text."""
+        if not self.openers:
+            i = self._index.get(content)
+            return None if i is None else (-1, i)
+        opener, sep, body = content.partition(", ")
+        o, i = self._opener_index.get(opener), self._index.get(body)
+        return None if not sep or o is None or i is None else (o, i)
+
+    def content(self, opener: int, sentence: int) -> str:
+        """The content with this opener (ignored without openers) and sentence."""
+        body = self.bodies[sentence]
+        return f"{self.openers[opener]}, {body}" if self.openers else body
+
+
 def context_of(history: Sequence[Turn]) -> str:
     """Category x of the last student reply in ``history`` ("start" when there is none)."""
     for speaker, content in reversed(history):
@@ -130,16 +161,8 @@ class Teacher:
         self.sentences: tuple[str, ...] = tuple(sentences)  # the support U, in class order
         self.classes: tuple[str, ...] = tuple(classes)  # class of each sentence
         self.home = np.concatenate(homes)  # (U,) home style of each sentence
-        # What a turn's content holds after the opener (the sentence itself without openers).
-        self.bodies: tuple[str, ...] = (
-            tuple(body_of(u) for u in self.sentences) if self.openers else self.sentences
-        )
-        self._index = {u: i for i, u in enumerate(self.bodies)}
-        if len(self._index) != len(self.sentences):
-            raise ValueError("teacher pools overlap")
-        self._opener_index = {o: i for i, o in enumerate(self.openers)}
-        if len(self._opener_index) != len(self.openers):
-            raise ValueError("openers repeat")
+        self.habit = OpenerHabit(self.openers, self.sentences, "teacher pools")
+        self.bodies = self.habit.bodies  # what a turn holds after its opener
         S, U = cfg.n_styles, len(self.sentences)
         cls_idx = np.array([TEACHER_CLASSES.index(c) for c in self.classes])
         w = np.where(self.home[None, :] == np.arange(S)[:, None], 1.0, cfg.off_style_weight)
@@ -161,17 +184,11 @@ class Teacher:
     def parse(self, content: str) -> tuple[int, int] | None:
         """(opener index, sentence index) of a turn τ can write (opener index -1 without
         openers), or None outside the support (exact string match)."""
-        if not self.openers:
-            i = self._index.get(content)
-            return None if i is None else (-1, i)
-        opener, sep, body = content.partition(", ")
-        o, i = self._opener_index.get(opener), self._index.get(body)
-        return None if not sep or o is None or i is None else (o, i)
+        return self.habit.parse(content)
 
     def content(self, opener: int, sentence: int) -> str:
         """The turn τ writes with this opener (ignored without openers) and sentence."""
-        body = self.bodies[sentence]
-        return f"{self.openers[opener]}, {body}" if self.openers else body
+        return self.habit.content(opener, sentence)
 
     def in_support(self, content: str) -> bool:
         """Whether τ can write a teacher turn with this content (exact string match)."""

@@ -145,4 +145,6 @@ class TurnPieces:
         trie, rest = loc
         p = p_body if trie is self.body else p_head
         assert p is not None
-        return trie.next_token_dist(trie.to_sorted(p), rest)
+        tokens, q = trie.next_token_dist(trie.to_sorted(p), rest)
+        keep = q > 0  # a head of probability 0 here (silence before a first reply) is no token
+        return tokens[keep], q[keep]

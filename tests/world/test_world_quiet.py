@@ -102,3 +102,22 @@ def test_student_pieces_with_openers_and_silence_sum_to_one(small_cfg, tmp_path)
         total += math.exp(lp)
     assert math.isclose(total, 1.0, rel_tol=1e-9)
     assert st.parse(st.content(3, 0)) == (3, 0) and st.parse("Zz, hi") is None
+
+
+def test_silence_before_the_first_reply_is_no_token(small_cfg, tmp_path) -> None:
+    """Before its first reply the student cannot be silent: the empty reply's first token is
+    not offered at probability 0 (a zero would make the held-out KL and entropy NaN)."""
+    from klbudget.world.tokenizer import encode, train_tokenizer, turn_piece
+    from klbudget.world.trie import TurnPieces
+
+    cfg = replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_openers=4)
+    world = load_world(build_world(cfg, tmp_path / "w"))
+    st, fmt = world.student, world.fmt
+    tok = train_tokenizer([r["text"] for r in load_split(tmp_path / "w", "train")], 400)
+    ids = lambda c: encode(tok, turn_piece(fmt, "student", c))  # noqa: E731
+    heads = [encode(tok, f" {o},") for o in st.openers] + [ids("")]
+    pieces = TurnPieces([ids(b) for b in st.bodies], heads, final_heads=1)
+    u = world.teacher.content(0, 0)
+    tokens, q = pieces.next_token_dist([], *st.reply_factors(u, []))
+    assert ids("")[0] not in tokens.tolist() and (q > 0).all()
+    assert math.isclose(q.sum(), 1.0, rel_tol=1e-12)
