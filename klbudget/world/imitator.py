@@ -35,7 +35,7 @@ from klbudget.envs.format import ChatFormat
 from klbudget.world.config import stable_hash
 from klbudget.world.corpus import World, load_split, load_world, record_turns
 from klbudget.world.pools import speaker_names, vader_compound
-from klbudget.world.token_model import TeacherTokenModel
+from klbudget.world.token_model import TeacherTokenModel, check_split
 from klbudget.world.tokenizer import encode, train_tokenizer, transcript_pieces, turn_piece
 from klbudget.world.trie import TurnPieces
 
@@ -267,6 +267,12 @@ def heldout_report(
     piece = [encode(tokenizer, turn_piece(fmt, "student", r)) for r in student.bodies]
     if student.openers:
         heads = [encode(tokenizer, f" {o},") for o in student.openers]
+        check_split(
+            lambda c: encode(tokenizer, turn_piece(fmt, "student", c)),
+            student.content,
+            heads,
+            piece,
+        )
         if student.silent_ok:
             heads.append(encode(tokenizer, turn_piece(fmt, "student", "")))
         student_pieces = TurnPieces(piece, heads, final_heads=int(student.silent_ok))
