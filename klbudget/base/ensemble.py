@@ -114,6 +114,13 @@ class EnsembleBase:
         self._member_logp: Tensor | None = None  # (N, K, V) at the current position
         self._writers: Tensor | None = None
 
+    @property
+    def member_logp(self) -> Tensor:
+        """(N, K, V) each member's log-probabilities at the current position."""
+        if self._member_logp is None:
+            raise RuntimeError("call reset() before reading member_logp")
+        return self._member_logp
+
     # -- protocol ------------------------------------------------------------------------
     def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:
         steps = [m.reset(input_ids, capacity) for m in self.members]

@@ -120,7 +120,7 @@ def empty_turn_costs(
             if silent[i] >= 0:
                 costs[i, silent[i]] -= float(obs["base_logp"][i, tok])
                 if per_member is not None:  # the members' log-probs at this position
-                    per_member[:, i, silent[i]] -= env.base._member_logp[i, :, tok].numpy()
+                    per_member[:, i, silent[i]] -= env.base.member_logp[i, :, tok].numpy()
         if all(s >= first_tau + turns for s in started) and not any(queue):
             break
         obs, *_ = env.step(actions)

@@ -12,6 +12,8 @@ import pytest
 
 from klbudget.world.config import WorldConfig
 from klbudget.world.corpus import build_world, load_split, load_world, record_turns
+from klbudget.world.tokenizer import encode, train_tokenizer, turn_piece
+from klbudget.world.trie import TurnPieces
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +75,30 @@ def test_only_students_go_silent_and_silence_persists(quiet_dir) -> None:
     assert abs(np.mean(after_silence) - 0.5) < 4 * math.sqrt(0.25 / len(after_silence))
 
 
-def test_student_pieces_with_openers_and_silence_sum_to_one(small_cfg, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def student_pieces(small_cfg: WorldConfig, tmp_path_factory: pytest.TempPathFactory):
+    """(world, ids of a student piece, TurnPieces) for a world with openers and quiet students,
+    built the way the held-out report builds the student's pieces."""
+    folder = build_world(
+        replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_openers=4),
+        tmp_path_factory.mktemp("quiet_openers"),
+    )
+    world = load_world(folder)
+    st, fmt = world.student, world.fmt
+    tok = train_tokenizer([r["text"] for r in load_split(folder, "train")], 400)
+
+    def ids(content: str) -> list[int]:
+        return encode(tok, turn_piece(fmt, "student", content))
+
+    heads = [encode(tok, f" {o},") for o in st.openers] + [ids("")]
+    return world, ids, TurnPieces([ids(b) for b in st.bodies], heads, final_heads=1)
+
+
+def test_student_pieces_with_openers_and_silence_sum_to_one(student_pieces) -> None:
     """Token-level student (the held-out report's TurnPieces): the chain rule over each
     reply's tokens gives its exact probability, and all replies sum to one."""
-    from klbudget.world.tokenizer import encode, train_tokenizer, turn_piece
-    from klbudget.world.trie import TurnPieces
-
-    cfg = replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_openers=4)
-    world = load_world(build_world(cfg, tmp_path / "w"))
-    st, fmt = world.student, world.fmt
-    tok = train_tokenizer([r["text"] for r in load_split(tmp_path / "w", "train")], 400)
-    ids = lambda c: encode(tok, turn_piece(fmt, "student", c))  # noqa: E731
-    heads = [encode(tok, f" {o},") for o in st.openers] + [ids("")]
-    pieces = TurnPieces([ids(b) for b in st.bodies], heads, final_heads=1)
+    world, ids, pieces = student_pieces
+    st = world.student
     u = world.teacher.content(1, 0)
     h = [("teacher", u), ("student", st.content(2, 1))]
     p_body, p_head = st.reply_factors(u, h)
@@ -104,20 +117,11 @@ def test_student_pieces_with_openers_and_silence_sum_to_one(small_cfg, tmp_path)
     assert st.parse(st.content(3, 0)) == (3, 0) and st.parse("Zz, hi") is None
 
 
-def test_silence_before_the_first_reply_is_no_token(small_cfg, tmp_path) -> None:
+def test_silence_before_the_first_reply_is_no_token(student_pieces) -> None:
     """Before its first reply the student cannot be silent: the empty reply's first token is
     not offered at probability 0 (a zero would make the held-out KL and entropy NaN)."""
-    from klbudget.world.tokenizer import encode, train_tokenizer, turn_piece
-    from klbudget.world.trie import TurnPieces
-
-    cfg = replace(small_cfg, quiet_students=0.4, quiet_rate=0.5, n_openers=4)
-    world = load_world(build_world(cfg, tmp_path / "w"))
-    st, fmt = world.student, world.fmt
-    tok = train_tokenizer([r["text"] for r in load_split(tmp_path / "w", "train")], 400)
-    ids = lambda c: encode(tok, turn_piece(fmt, "student", c))  # noqa: E731
-    heads = [encode(tok, f" {o},") for o in st.openers] + [ids("")]
-    pieces = TurnPieces([ids(b) for b in st.bodies], heads, final_heads=1)
+    world, ids, pieces = student_pieces
     u = world.teacher.content(0, 0)
-    tokens, q = pieces.next_token_dist([], *st.reply_factors(u, []))
+    tokens, q = pieces.next_token_dist([], *world.student.reply_factors(u, []))
     assert ids("")[0] not in tokens.tolist() and (q > 0).all()
     assert math.isclose(q.sum(), 1.0, rel_tol=1e-12)
