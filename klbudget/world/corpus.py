@@ -87,6 +87,40 @@ class World:
             n += count_pretokens(turn_piece(self.fmt, "student", r))
         return style, turns
 
+    def sample_peer_chat(self, rng: np.random.Generator, quiet_share: float) -> list[Turn]:
+        """Turns of a chat between two of the world's students (no τ in it): the first
+        speaker's turns are labelled "teacher", the second's "student", for rendering.
+
+        Each speaker is the world's student (its sentences, its own opener habit), replying to
+        the other's last turn (which τ could not have written, so the reply mix is the
+        average row), and is quiet with probability ``quiet_share``, drawn once: after a
+        first turn that always says something, a quiet speaker says nothing with probability
+        ``quiet_rate``. The same length rule as :meth:`sample_transcript`. These are the
+        other conversations a pretrained base has read; none of them is τ's.
+        """
+        student = self.student
+        quiet = [bool(rng.random() < quiet_share) for _ in range(2)]
+        turns: list[Turn] = []
+        n = count_pretokens(self.fmt.prompt)
+        roles = ("teacher", "student")
+        while n < self.cfg.transcript_pretokens:
+            for me in (0, 1):
+                # The history from this speaker's side: its own turns are the "student" ones.
+                own = [
+                    ("student" if speaker == roles[me] else "teacher", content)
+                    for speaker, content in turns
+                ]
+                last = turns[-1][1] if turns else ""
+                said = any(speaker == "student" for speaker, _ in own)
+                reply = (
+                    ""
+                    if quiet[me] and said and rng.random() < self.cfg.quiet_rate
+                    else student.sample_reply(last, rng, False, own)
+                )
+                turns.append((roles[me], reply))
+                n += count_pretokens(turn_piece(self.fmt, roles[me], reply))
+        return turns
+
     def record(self, k: int, split: str, style: int, turns: Sequence[Turn]) -> dict[str, object]:
         """The JSONL record of one transcript (module docstring)."""
         rows: list[dict[str, object]] = []

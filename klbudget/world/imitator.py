@@ -68,6 +68,8 @@ class ImitatorConfig:
     train_fraction: float = 1.0  # fit β on the first fraction of the training transcripts
     bootstrap: int = 0  # > 0: fit on a bootstrap resample (with replacement) drawn with this seed
     rename_fraction: float = 0.8  # share of transcripts fitted with random speaker names
+    peer_transcripts: int = 0  # chats between two world students added to the fit (no τ)
+    peer_quiet: float = 0.5  # share of quiet speakers in those chats
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -80,7 +82,7 @@ def _file_digest(path: Path) -> str:
 
 # Fields added after the first release enter the cache key only when they differ from their
 # default, so folders trained before they existed keep their keys.
-_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0}
+_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0, "peer_transcripts": 0, "peer_quiet": 0.5}
 N_SPEAKER_NAMES = 400  # pool of names for speaker renaming
 
 
@@ -110,6 +112,26 @@ def rename_speakers(texts: Sequence[str], fmt: ChatFormat, fraction: float, seed
             )
         out.append(text)
     return out
+
+
+def peer_texts(world: World, n: int, quiet_share: float) -> list[str]:
+    """``n`` rendered chats between two of the world's students (corpus.World.sample_peer_chat),
+    every one with both speakers renamed, so that no peer ever speaks under τ's tag.
+
+    What they add is the speaker-generic regularity a pretrained base brings: someone who has
+    said nothing tends to say nothing again, whoever they are. Chat k uses its own stream.
+    """
+    if n < 0 or not 0.0 <= quiet_share <= 1.0:
+        raise ValueError(
+            f"peer_transcripts must be >= 0 and peer_quiet in [0, 1], got {n}, {quiet_share}"
+        )
+    texts = [
+        world.fmt.render(
+            world.sample_peer_chat(np.random.default_rng([world.cfg.seed, 8, k]), quiet_share)
+        )
+        for k in range(n)
+    ]
+    return rename_speakers(texts, world.fmt, 1.0, world.cfg.seed + 1)
 
 
 def imitator_key(corpus_dir: str | Path, cfg: ImitatorConfig) -> str:
@@ -425,6 +447,7 @@ def train_imitator(
     tokenizer = train_tokenizer([*(r["text"] for r in train), *names], cfg.vocab_size)
     fitted = demonstrations(train, cfg)
     texts = rename_speakers([r["text"] for r in fitted], world.fmt, cfg.rename_fraction, cfg.seed)
+    texts += peer_texts(world, cfg.peer_transcripts, cfg.peer_quiet)
     # Whole-text tokenization equals piecewise (canonical) tokenization (tokenizer.py).
     inputs, targets = _windows(
         [encode(tokenizer, t) for t in texts], cfg.block_size + 1, tokenizer.eos_token_id

@@ -125,3 +125,29 @@ def test_silence_before_the_first_reply_is_no_token(student_pieces) -> None:
     tokens, q = pieces.next_token_dist([], *world.student.reply_factors(u, []))
     assert ids("")[0] not in tokens.tolist() and (q > 0).all()
     assert math.isclose(q.sum(), 1.0, rel_tol=1e-12)
+
+
+def test_peer_chats_hold_no_tau_and_quiet_speakers_start_by_speaking(quiet_dir) -> None:
+    from klbudget.world.imitator import peer_texts
+
+    world = load_world(quiet_dir)
+    teacher, student = world.teacher, world.student
+    silent_after = {0: 0, 1: 0}
+    for k in range(60):
+        turns = world.sample_peer_chat(np.random.default_rng([0, k]), quiet_share=1.0)
+        assert [s for s, _ in turns[:2]] == ["teacher", "student"]
+        for i, (_, content) in enumerate(turns):
+            if i < 2:
+                assert content, "every speaker's first turn says something"
+            elif content:
+                assert student.parse(content) is not None  # a student line, never τ's
+                assert teacher.classify(content) is None
+            else:
+                silent_after[i % 2] += 1
+    assert silent_after[0] > 0 and silent_after[1] > 0  # both seats fall silent
+    texts = peer_texts(world, 5, 0.5)
+    assert len(texts) == 5 and texts == peer_texts(world, 5, 0.5)  # seeded
+    for text in texts:  # both tags renamed, prompt's included
+        assert world.fmt.teacher_tag not in text and world.fmt.student_tag not in text
+    with pytest.raises(ValueError, match="peer"):
+        peer_texts(world, -1, 0.5)

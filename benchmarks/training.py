@@ -1,0 +1,209 @@
+"""Training throughput beside the model's own limit, measured in one run.
+
+    python benchmarks/training.py --tiny 1m --batch 16 64
+    python benchmarks/training.py --model models/imitator-... --batch 64 --length 256
+
+For each batch size, in a fresh process (so that peak RSS belongs to that configuration):
+
+  model alone   the same model, batched incremental decoding with a preallocated KV cache
+                over the same positions: forward only, and forward + one inverse-CDF draw
+                per row (what any sampler must at least do)
+  rollout       `run_episode` with a budget agent (trained-looking head): agent tokens/s,
+                all tokens/s, share of wall time inside the model forward
+  training      whole PPO updates (`Trainer.learn`: rollout + update, logging included):
+                agent steps/s end to end and the update's share of the time
+
+and the ratios of the rollout and of training to the model alone with sampling (1.0 would
+mean the pipeline costs nothing beyond decoding). Medians over the timed repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rollout import TINY, TimedBase, tiny_model  # noqa: E402
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+    """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling."""
+    from transformers import StaticCache
+
+    from klbudget.base.hf import load_local
+    from klbudget.core.sampling import sample_categorical
+    from klbudget.envs.format import DEFAULT_PROMPT
+
+    model, tok = load_local(model_dir)
+    prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
+    p = prompt.shape[1]
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for sample in (False, True):
+        rates = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            cache = StaticCache(config=model.config, max_cache_len=length)
+            t0 = time.perf_counter()
+            o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                      cache_position=torch.arange(p))  # fmt: skip
+            nxt = torch.zeros(batch, dtype=torch.long)
+            for pos in range(p, length):
+                logits = o.logits[:, -1].float()
+                if sample:
+                    nxt = sample_categorical(torch.log_softmax(logits, -1), g)
+                o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                          cache_position=torch.tensor([pos]))  # fmt: skip
+            rates.append(batch * (length - p) / (time.perf_counter() - t0))
+        out["sample" if sample else "forward"] = statistics.median(rates[1:])
+    return out
+
+
+def rollout(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+    """Rollout rates of a budget agent whose head proposes something other than β."""
+    from klbudget.agent.policy import Actor, Critic
+    from klbudget.agent.rollout import run_episode
+    from klbudget.base.hf import HFBase
+    from klbudget.envs.chat import ChatEnv
+    from klbudget.envs.format import ChatFormat
+    from klbudget.rewards.sentiment import VaderSentiment
+
+    base = TimedBase(HFBase(model_dir))
+    env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length,
+                  chat=ChatFormat())  # fmt: skip
+    d = base.feature_dim + 2
+    torch.manual_seed(0)
+    actor, critic = Actor(d, base.num_actions), Critic(d, 256)
+    with torch.no_grad():
+        actor.z.weight.normal_(0, 0.05)
+    g = torch.Generator().manual_seed(0)
+    agent, total, share = [], [], []
+    for i in range(reps + 1):
+        base.seconds = 0.0
+        t0 = time.perf_counter()
+        ep = run_episode(env, actor, critic, budget=10.0, mode="realized", budget_scale=10.0,
+                         generator=g, seed=i)  # fmt: skip
+        wall = time.perf_counter() - t0
+        if i:  # the first is a warm-up
+            agent.append(ep.agent_steps / wall)
+            total.append(batch * (length - len(env.prompt_ids)) / wall)
+            share.append(base.seconds / wall)
+    return {
+        "agent": statistics.median(agent),
+        "total": statistics.median(total),
+        "forward_share": statistics.median(share),
+    }
+
+
+def training(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -> dict[str, float]:
+    """End-to-end agent steps/s over whole PPO updates, and the update's share of the time."""
+    from klbudget.agent.trainer import Trainer
+    from klbudget.config import apply_overrides, preset
+
+    cfg = apply_overrides(
+        preset("cpu"),
+        [f"model.path={model_dir}", f"env.n_envs={batch}", f"env.length={length}",
+         f"ppo.tokens_per_update={tokens}", "ppo.minibatch=1024",
+         "train.total_agent_steps=100000000", "budget.ramp_fraction=0"],
+    ).validate()  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run", progress=False)
+        collect, spent = trainer.collect, []
+
+        def timed_collect():
+            t0 = time.perf_counter()
+            out = collect()
+            spent.append(time.perf_counter() - t0)
+            return out
+
+        trainer.collect = timed_collect
+        rows = []
+
+        def callback(metrics: dict) -> bool:
+            rows.append(metrics)
+            return len(rows) < reps + 1
+
+        trainer.learn(callback)
+    # The first update is a warm-up. Each update's wall time covers rollout, update and logging.
+    rates = [m["time/agent_steps_per_s"] for m in rows[1:]]
+    walls = [b["time/wall_s"] - a["time/wall_s"] for a, b in zip(rows, rows[1:], strict=False)]
+    shares = [1.0 - r / w for r, w in zip(spent[1:], walls, strict=True)]
+    return {"agent": statistics.median(rates), "update_share": statistics.median(shares)}
+
+
+def one(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -> dict[str, object]:
+    from klbudget.base.hf import load_local
+
+    torch.set_num_threads(THREADS or torch.get_num_threads())
+    alone = model_alone(model_dir, batch, length, reps)
+    roll = rollout(model_dir, batch, length, reps)
+    train = training(model_dir, batch, length, reps, tokens)
+    params = sum(p.numel() for p in load_local(model_dir)[0].parameters())
+    return {"alone": alone, "rollout": roll, "train": train, "peak_mb": _peak_mb(),
+            "params_m": params / 1e6}  # fmt: skip
+
+
+THREADS = 0
+
+
+def _init(threads: int) -> None:
+    global THREADS
+    THREADS = threads
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local Hugging Face model folder")
+    src.add_argument("--tiny", choices=sorted(TINY), help="build a random model of this size")
+    p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions after a warm-up")
+    p.add_argument("--tokens-per-update", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else tiny_model(args.tiny, Path(tmp) / "m")
+        name = args.model or f"random {args.tiny}"
+        print(f"{name}, {args.length}-token episodes, {torch.get_num_threads()} threads")
+        head = [("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 9),
+                ("roll/alone", 10), ("fwd share", 9), ("train agent", 11),
+                ("train/alone", 11), ("upd share", 9), ("peak MB", 8)]  # fmt: skip
+        print(" ".join(f"{h:>{w}}" for h, w in head))
+        for b in args.batch:
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
+                                     initargs=(args.threads,)) as pool:  # fmt: skip
+                r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update)
+                r = r.result()
+            a, ro, tr = r["alone"], r["rollout"], r["train"]
+            train_total = tr["agent"] * ro["total"] / ro["agent"]  # agent share as in the rollout
+            print(
+                f"{b:>5} {a['forward']:>10.0f} {a['sample']:>10.0f} {ro['total']:>9.0f} "
+                f"{ro['total'] / a['sample']:>10.2f} {100 * ro['forward_share']:>8.1f}% "
+                f"{tr['agent']:>11.0f} {train_total / a['sample']:>11.3f} "
+                f"{100 * tr['update_share']:>8.1f}% {r['peak_mb']:>8.0f}",
+                flush=True,
+            )
+        print(
+            "alone, rollout: tokens/s over all conversations; train agent: agent steps/s over "
+            "whole updates; ratios: all tokens/s against the model alone with sampling"
+        )
+
+
+if __name__ == "__main__":
+    main()
