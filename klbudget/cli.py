@@ -88,6 +88,35 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(flag: str, raw: str, kind: type = float) -> tuple:
+    try:
+        return tuple(kind(b) for b in raw.split(",") if b.strip())
+    except ValueError as err:
+        raise UsageError(f"{flag} must be comma-separated numbers, got {raw!r}") from err
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from klbudget.pipelines.frontier import PRESETS, run_frontier
+
+    grid = PRESETS[args.preset]
+    changes = {}
+    for flag, field, kind in (("--budgets", "budgets", float), ("--coefs", "coefs", float),
+                              ("--targets", "targets", float), ("--n", "ns", int)):  # fmt: skip
+        raw = getattr(args, field)
+        if raw:
+            changes[field] = _numbers(flag, raw, kind)
+    if args.episodes is not None:
+        changes["episodes"] = args.episodes
+    grid = dataclasses.replace(grid, **changes)
+    run_frontier(
+        Path(args.out), grid=grid, cache=Path(args.cache), train_set=args.set,
+        world_set=args.world_set, imitator_set=args.imitator_set,
+    )  # fmt: skip
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from klbudget.pipelines.evaluate import evaluate_run
 
@@ -207,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(d, "--world-set", "KEY=VALUE", "override a WorldConfig field (repeatable)")
     _add_set(d, "--imitator-set", "KEY=VALUE", "override an ImitatorConfig field (repeatable)")
     d.set_defaults(func=_demo)
+
+    f = sub.add_parser(
+        "frontier", help="budget, KL penalty and best-of-n on one return-KL frontier"
+    )
+    f.add_argument("--out", required=True, help="folder for the frontier (must be new)")
+    f.add_argument("--preset", choices=("laptop", "long"), default="laptop",
+                   help="grids and training length (laptop: about 30 min on 2 cores)")  # fmt: skip
+    f.add_argument("--budgets", default="", help="comma-separated budgets (nats per episode)")
+    f.add_argument("--coefs", default="", help="comma-separated fixed penalty coefficients λ")
+    f.add_argument("--targets", default="", help="comma-separated adaptive KL targets (nats)")
+    f.add_argument("--n", dest="ns", default="", help="comma-separated n for best-of-n")
+    f.add_argument("--episodes", type=int, default=None, help="evaluation episodes per policy")
+    f.add_argument("--cache", default="models", help="cache root for the trained imitator")
+    _add_set(f, "--set", "SECTION.KEY=VALUE", "override a field of every agent's config")
+    _add_set(f, "--world-set", "KEY=VALUE", "override a WorldConfig field (repeatable)")
+    _add_set(f, "--imitator-set", "KEY=VALUE", "override an ImitatorConfig field (repeatable)")
+    f.set_defaults(func=_frontier)
 
     t = sub.add_parser("train", help="train a KL-budgeted agent with PPO")
     t.add_argument("--config", help="TOML config (default: the cpu preset)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -65,9 +66,21 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    kind: str = "budget"  # "budget" (fixed-KL mixture and budget) or "penalty" ([penalty])
     critic_hidden: int = 256  # width of the critic MLP's two hidden layers
     kl_target_coef: float = 0.1  # weight of (KL(x‖β) − k)², which keeps k where it matters
     kl_target_grad: str = "scalar"  # what (KL − k)² trains: "scalar" (paper) or "both" (and z)
+    head: str = "full"  # actor head: "full" (obs → every action) or "embed" (via the base's E)
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    estimator: str = "k1"  # per-token KL estimate: "k1", "k2", "k3" or "exact" (klbudget.core.kl)
+    where: str = "reward"  # "reward" (−λ·estimate in each agent step's reward) or "loss" (+λ·mean)
+    coef: float = 0.05  # λ, the initial penalty coefficient
+    target: float = 0.0  # per-episode KL target in nats; > 0 turns on the adaptive controller
+    horizon: float = 10000.0  # adaptive controller's horizon, in episodes
+    clip: float = 0.2  # adaptive controller's clip on its proportional error
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -133,6 +147,29 @@ class Config:
             (
                 self.agent.kl_target_grad in ("scalar", "both"),
                 "agent.kl_target_grad must be scalar|both",
+            ),
+            (self.agent.kind in ("budget", "penalty"), "agent.kind must be budget|penalty"),
+            (self.agent.head in ("full", "embed"), "agent.head must be full|embed"),
+            (
+                self.penalty.estimator in ("k1", "k2", "k3", "exact"),
+                "penalty.estimator must be k1|k2|k3|exact",
+            ),
+            (self.penalty.where in ("reward", "loss"), "penalty.where must be reward|loss"),
+            (
+                math.isfinite(self.penalty.coef) and self.penalty.coef >= 0,
+                "penalty.coef must be finite and >= 0",
+            ),
+            (
+                math.isfinite(self.penalty.target) and self.penalty.target >= 0,
+                "penalty.target must be finite and >= 0",
+            ),
+            (
+                math.isfinite(self.penalty.horizon) and self.penalty.horizon > 0,
+                "penalty.horizon must be finite and > 0",
+            ),
+            (
+                math.isfinite(self.penalty.clip) and self.penalty.clip > 0,
+                "penalty.clip must be finite and > 0",
             ),
             (
                 self.base.kind in ("single", "bayes", "pessimistic"),

@@ -6,10 +6,11 @@ One update reads top to bottom:
      ρ = x(a)/x_old(a);
   3. actor loss  −min(ρA, clip(ρ, 1 ± ε)A) − c_ent·H(x) + c_k·(KL(x‖β) − k)² (+ extra),
      the last term with KL(x‖β) held constant (it trains the scalar only, as in the paper)
-     unless kl_target_grad = "both";
+     unless kl_target_grad = "both"; a KL-penalty actor (no mixture, no k) skips it;
   4. critic loss  ½(V − G)²;
   5. Adam steps with gradient-norm clipping.
-Extra loss terms are plain functions passed in, not subclass hooks.
+Extra loss terms are plain functions passed in, not subclass hooks; :class:`KLPenaltyLoss`
+is the KL-penalty agent's λ·mean(estimate) term (`penalty.where = "loss"`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 from klbudget.agent.policy import Actor, Critic, Played, entropy
 from klbudget.config import PPOConfig
 from klbudget.core.advantages import normalize
+from klbudget.core.kl import ESTIMATORS, estimate
 
 
 @dataclass
@@ -42,6 +44,43 @@ class Batch:
 
 
 ExtraLoss = Callable[[Played, Batch, Tensor], Tensor]  # (played, batch, minibatch idx) → scalar
+
+
+class KLPenaltyLoss:
+    """Extra loss λ·mean_i est_i over a minibatch, est recomputed from the current policy.
+
+    est is `klbudget.core.kl.estimate(estimator, ρ, KL(π‖β))` with ρ = log π(a) − log β(a)
+    at the stored action a and KL(π‖β) the current step's exact KL (``exact``). `coef` may
+    be changed between updates; `values` collects mean(est) of every call.
+    """
+
+    def __init__(self, estimator: str, coef: float) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {ESTIMATORS}")
+        self.estimator = estimator
+        self.coef = coef
+        self.values: list[float] = []
+
+    def __call__(self, played: Played, batch: Batch, idx: Tensor) -> Tensor:
+        a = batch.actions[idx, None]
+        log_ratio = (played.log_x.gather(-1, a) - batch.base_logp[idx].gather(-1, a)).squeeze(-1)
+        est = estimate(self.estimator, log_ratio, played.kl).mean()
+        self.values.append(est.item())
+        return self.coef * est
+
+
+def combine(*losses: ExtraLoss | None) -> ExtraLoss | None:
+    """One extra loss that sums the given ones (None when none is given)."""
+    parts = [f for f in losses if f is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+
+    def total(played: Played, batch: Batch, idx: Tensor) -> Tensor:
+        return sum((f(played, batch, idx) for f in parts[1:]), parts[0](played, batch, idx))
+
+    return total
 
 
 def ppo_update(
@@ -75,11 +114,13 @@ def ppo_update(
             # 3. actor loss
             pg = -torch.minimum(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
             ent = entropy(played.log_x)
-            # The paper's term trains only the scalar: KL(x‖β) enters as a constant, so the
-            # gradient reaches k alone; "both" also pushes z toward KL(a‖β) = k.
-            kl = played.kl.detach() if kl_target_grad == "scalar" else played.kl
-            k_pen = (kl - played.k) ** 2
-            loss = pg.mean() - cfg.ent_coef * ent.mean() + kl_target_coef * k_pen.mean()
+            loss = pg.mean() - cfg.ent_coef * ent.mean()
+            if actor.mixture:
+                # The paper's term trains only the scalar: KL(x‖β) enters as a constant, so
+                # the gradient reaches k alone; "both" also pushes z toward KL(a‖β) = k.
+                kl = played.kl.detach() if kl_target_grad == "scalar" else played.kl
+                k_pen = (kl - played.k) ** 2
+                loss = loss + kl_target_coef * k_pen.mean()
             if extra_loss is not None:
                 loss = loss + extra_loss(played, batch, idx)
             # 5. actor step
@@ -97,11 +138,12 @@ def ppo_update(
                 stats = {
                     "losses/policy": pg.mean().item(),
                     "losses/value": v_loss.item(),
-                    "losses/kl_target": k_pen.mean().item(),
                     "policy/entropy": ent.mean().item(),
                     "policy/approxkl": ((ratio - 1) - log_ratio).mean().item(),
                     "policy/clipfrac": ((ratio - 1).abs() > cfg.clip).float().mean().item(),
                 }
+                if actor.mixture:
+                    stats["losses/kl_target"] = k_pen.mean().item()
             for key, val in stats.items():
                 sums[key] = sums.get(key, 0.0) + val
             n_steps += 1

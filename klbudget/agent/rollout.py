@@ -6,6 +6,12 @@ actor plays its fixed-KL mixture, samples a token, and pays for it from the budg
 credited to the agent step that handed the turn over (with γ = 1 and no agent action in
 between, this is exactly the same return-to-go). The result carries the agent steps for
 PPO and one record per conversation in the run-folder schema (docs/run-folder.md).
+
+A KL-penalty actor (`Actor(..., mixture=False)`) has no budget: nothing is spent, its
+observation sees budget_left = 0, and callers pass `budget=math.inf`, which is what the
+records then carry. With `penalty_coef` = λ > 0 every agent step's reward for PPO gets
+−λ·est_t (est_t the `estimator`'s per-token KL estimate, `klbudget.core.kl.estimate`), so
+the returns-to-go include the penalty; the records keep the task reward alone.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from klbudget.agent.policy import Actor, Critic, observation
+from klbudget.agent.policy import Actor, Critic, budget_input, observation
 from klbudget.agent.ppo import Batch
 from klbudget.core.advantages import reward_to_go
 from klbudget.core.budget import BudgetMode, spend
-from klbudget.core.kl import kl_exact, kl_k3
+from klbudget.core.kl import estimate, kl_exact, kl_k3
 from klbudget.core.sampling import sample_categorical
 from klbudget.envs.chat import AGENT, SPEAKERS, ChatEnv
 
@@ -37,6 +43,8 @@ class Episode:
     log_ratio: Tensor  # (N,) Σ_t log x_t(a_t) − log β_t(a_t)
     k3: Tensor  # (N,) Σ_t k3 estimate
     agent_steps: int
+    kl_estimate: Tensor  # (N,) Σ_t est_t of run_episode's `estimator`
+    penalty: Tensor  # (N,) λ·Σ_t est_t taken off the rewards PPO sees (0: none)
 
 
 @torch.no_grad()
@@ -53,8 +61,15 @@ def run_episode(
     policy: str = "agent",
     teacher: Oracle | None = None,
     reference: Oracle | None = None,
+    penalty_coef: float = 0.0,
+    estimator: str = "k1",
 ) -> Episode:
-    """Play one episode; `budget` = 0 makes the agent play the base policy exactly.
+    """Play one episode; `budget` = 0 makes a budget agent play the base policy exactly.
+
+    A KL-penalty actor plays π whatever `budget` is (pass `math.inf`: it has none).
+    `penalty_coef` = λ > 0 subtracts λ·est_t from each agent step's reward in the returns
+    PPO learns from (not from the records), with est_t the `estimator`'s KL estimate for
+    the sampled token ("k1", "k2", "k3" or "exact").
 
     `teacher`, when given, plays instead of the actor (e.g. τ itself: its KL to β is
     recorded, no budget is spent). `reference`, when given, annotates every agent token
@@ -68,6 +83,8 @@ def run_episode(
     lr_t = torch.zeros(n, length)
     left_t = torch.zeros(n, length)
     rewards_t = torch.zeros(n, length)  # reward credited to the step that earned it
+    est_t = torch.zeros(n, length)  # per-token KL estimate of each agent step
+    spends = teacher is None and actor.mixture  # a penalty actor or a teacher spends nothing
     # KL(π_t‖ref_t), KL(π̃_t‖ref_t) with π̃_t conditioned on ref's support, mass outside it
     ref_t = torch.zeros(3, n, length) if reference is not None else None
     steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "row", "t")}
@@ -80,11 +97,10 @@ def run_episode(
         if bool(mask.any()):
             rows = mask.nonzero().squeeze(-1)
             base_logp = obs["base_logp"][rows].float()
-            o = observation(
-                obs["features"][rows], obs["position"][rows], budget_left[rows], budget_scale
-            )
+            seen_left = budget_input(actor, budget_left[rows])
+            o = observation(obs["features"][rows], obs["position"][rows], seen_left, budget_scale)
             if teacher is None:
-                played = actor(o, base_logp, budget_left[rows])
+                played = actor(o, base_logp, seen_left)
                 log_x, kl = played.log_x, played.kl
             else:
                 log_x = teacher(env, rows)
@@ -102,15 +118,16 @@ def run_episode(
                 mode=mode,
                 log_ratio=log_ratio,
                 kl=kl,
-                active=torch.full_like(rows, teacher is None, dtype=torch.bool),
+                active=torch.full_like(rows, spends, dtype=torch.bool),
             )
             for key, val in (
-                ("o", o), ("lb", base_logp), ("bl", budget_left[rows]), ("a", a),
+                ("o", o), ("lb", base_logp), ("bl", seen_left), ("a", a),
                 ("lp", logp), ("row", rows), ("t", torch.full_like(rows, t)),
             ):  # fmt: skip
                 steps[key].append(val)
             kl_t[rows, t] = kl
             lr_t[rows, t] = log_ratio
+            est_t[rows, t] = estimate(estimator, log_ratio, kl).float()
             budget_left[rows] = new_left
             last_agent_t[rows] = t
             actions[rows] = a
@@ -124,7 +141,13 @@ def run_episode(
             break
 
     agent_mask = env.speaker == AGENT  # (N, T)
-    rtg = reward_to_go(rewards_t, agent_mask)
+    est_t = torch.where(agent_mask, est_t, torch.zeros_like(est_t))
+    if penalty_coef:  # (never 0·inf: a teacher outside β's support has an infinite estimate)
+        penalty_t = penalty_coef * est_t
+        rtg = reward_to_go(rewards_t - penalty_t, agent_mask)
+    else:
+        penalty_t = torch.zeros_like(est_t)
+        rtg = reward_to_go(rewards_t, agent_mask)
     cat = {k: torch.cat(v) if v else torch.empty(0) for k, v in steps.items()}
     m = int(cat["a"].numel())
     if m:
@@ -156,6 +179,8 @@ def run_episode(
         log_ratio=lr_t.sum(-1),
         k3=k3_t.sum(-1),
         agent_steps=m,
+        kl_estimate=est_t.sum(-1),
+        penalty=penalty_t.sum(-1),
     )
 
 

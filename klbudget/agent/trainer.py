@@ -4,11 +4,18 @@ The budget ramps linearly from 0 to its full value over the first `ramp_fraction
 training (SYSTEM.md §2). Logs and checkpoints follow docs/run-folder.md. Ctrl-C (SIGINT) or
 SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint first;
 `resume=True` continues from the newest checkpoint, even after SIGKILL.
+
+With `agent.kind = "penalty"` the agent is a KL-penalty agent instead (`[penalty]`): it plays
+π = softmax(z + log β) with no budget (episodes are played at budget +inf, nothing is
+spent), and pays λ·est per agent token either in its reward (`where = "reward"`) or in its
+loss (`where = "loss"`). λ is fixed or follows `klbudget.core.penalty.AdaptiveKL`; its
+current value is saved with the checkpoint's counters (`penalty_coef`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -18,13 +25,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from klbudget.agent.policy import Actor, Critic
-from klbudget.agent.ppo import Batch, ExtraLoss, ppo_update
+from klbudget.agent.policy import Critic, make_actor
+from klbudget.agent.ppo import Batch, ExtraLoss, KLPenaltyLoss, combine, ppo_update
 from klbudget.agent.rollout import Episode, run_episode
 from klbudget.base.hf import HFBase
 from klbudget.base.protocol import BasePolicy
 from klbudget.config import Config, ConfigError, to_toml
 from klbudget.core.budget import ramp
+from klbudget.core.penalty import controller
 from klbudget.envs.chat import ChatEnv
 from klbudget.envs.format import ChatFormat
 from klbudget.rewards.sentiment import make_sentiment
@@ -166,7 +174,10 @@ class Trainer:
         self.env = env or build_env(cfg)
         base = self.env.base
         obs_dim = base.feature_dim + 2
-        self.actor = Actor(obs_dim, base.num_actions)
+        self.penalized = cfg.agent.kind == "penalty"
+        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=not self.penalized)
+        p = cfg.penalty
+        self.penalty = controller(p.coef, p.target, p.horizon, p.clip) if self.penalized else None
         self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
         eps = cfg.ppo.adam_eps
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
@@ -195,6 +206,8 @@ class Trainer:
         meta = rf.load_checkpoint(self.run_dir, stem, *self._state())
         c = meta["counters"]
         self.counters = Counters(c["update"], c["agent_steps"], c["episodes"], c["wall_s"])
+        if self.penalty is not None and "penalty_coef" in c:
+            self.penalty.value = float(c["penalty_coef"])
         rf.truncate_logs(self.run_dir, meta["log_sizes"])
 
     def save(self) -> Path:
@@ -205,12 +218,17 @@ class Trainer:
             "episodes": c.episodes,
             "wall_s": c.wall_s,
         }
+        if self.penalty is not None:
+            counters["penalty_coef"] = self.penalty.value
         return rf.save_checkpoint(
             self.run_dir, c.update, *self._state(), counters, self.cfg.train.keep_checkpoints
         )
 
     # -- loop -----------------------------------------------------------------------------
     def budget_now(self) -> float:
+        """The ramped budget; +inf for a KL-penalty agent, which has none."""
+        if self.penalized:
+            return math.inf
         b = self.cfg.budget
         progress = self.counters.agent_steps / self.cfg.train.total_agent_steps
         return ramp(b.total, progress, b.ramp_fraction)
@@ -219,6 +237,10 @@ class Trainer:
         """Whole episodes until at least `tokens_per_update` agent steps."""
         episodes, empties = [], []
         steps = 0
+        # λ as a reward penalty is paid at rollout time; as a loss term it is paid in ppo_update.
+        coef = 0.0
+        if self.penalty is not None and self.cfg.penalty.where == "reward":
+            coef = self.penalty.value
         while steps < self.cfg.ppo.tokens_per_update and not self._stop:
             seed = self.cfg.train.seed * 1_000_003 + self.counters.episodes + len(episodes)
             ep = run_episode(
@@ -230,6 +252,8 @@ class Trainer:
                 budget_scale=self.budget_scale,
                 generator=self.gen,
                 seed=seed,
+                penalty_coef=coef,
+                estimator=self.cfg.penalty.estimator,
             )
             episodes.append(ep)
             empties.append(empty_turn_fraction(self.env))
@@ -252,21 +276,33 @@ class Trainer:
                 if self._stop:
                     break
                 batch = cat_batches([e.batch for e in episodes])
+                penalty_loss = None
+                if self.penalty is not None and self.cfg.penalty.where == "loss":
+                    penalty_loss = KLPenaltyLoss(self.cfg.penalty.estimator, self.penalty.value)
                 stats = ppo_update(
                     self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
                     self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
-                    kl_target_grad=self.cfg.agent.kl_target_grad,
-                    generator=self.gen, extra_loss=self.extra_loss,
+                    kl_target_grad=self.cfg.agent.kl_target_grad, generator=self.gen,
+                    extra_loss=combine(self.extra_loss, penalty_loss),
                 )  # fmt: skip
+                if penalty_loss is not None and penalty_loss.values:
+                    vals = penalty_loss.values
+                    stats["losses/kl_penalty"] = sum(vals) / len(vals)
+                stats.update(self._update_penalty(episodes))
                 metrics = self._log(episodes, empties, stats, budget, time.perf_counter() - t0)
                 for name, val in metrics.items():
                     writer.add_scalar(name, val, self.counters.agent_steps)
                 writer.flush()
                 bar.update(len(batch))
+                last = (
+                    {"coef": f"{metrics['penalty/coef']:.3g}"}
+                    if self.penalized
+                    else {"budget": f"{budget:.1f}"}
+                )
                 bar.set_postfix(
                     reward=f"{metrics['reward/mean']:.2f}",
                     kl=f"{metrics['kl/episode_mean']:.2f}",
-                    budget=f"{budget:.1f}",
+                    **last,
                     empty=f"{metrics['episodes/empty_turn_frac']:.2f}",
                 )
                 if self.counters.update % self.cfg.train.checkpoint_every == 0:
@@ -280,6 +316,24 @@ class Trainer:
         if self._stop or self.counters.update % self.cfg.train.checkpoint_every != 0:
             self.save()
         return self.counters
+
+    def _update_penalty(self, episodes: list[Episode]) -> dict[str, float]:
+        """Step λ's controller on this update's episodes; the penalty metrics ({} without)."""
+        if self.penalty is None:
+            return {}
+        used = self.penalty.value
+        kl = torch.cat([e.kl for e in episodes])
+        est = torch.cat([e.kl_estimate for e in episodes])
+        self.penalty.update(kl.mean().item(), int(kl.numel()))
+        return {
+            "penalty/coef": used,
+            "penalty/coef_next": self.penalty.value,
+            "penalty/estimate_mean": est.mean().item(),
+            "penalty/mean_episode": used * est.mean().item(),
+            "penalty/objective_mean": (torch.cat([e.returns for e in episodes]) - used * est)
+            .mean()
+            .item(),
+        }
 
     def _log(
         self,
@@ -305,6 +359,11 @@ class Trainer:
         k3 = torch.cat([e.k3 for e in episodes])
         q = torch.quantile(returns, torch.tensor([0.1, 0.5, 0.9]))
         left_end = torch.tensor([r["tokens"][-1]["budget_left"] for r in records])
+        budget_metrics = {
+            "budget/full": budget,
+            "budget/spent": (budget - left_end).mean().item(),
+            "budget/left_end": left_end.mean().item(),
+        }
         metrics = {
             "time/agent_steps": float(c.agent_steps),
             "time/update": float(c.update),
@@ -318,9 +377,7 @@ class Trainer:
             "kl/episode_max": kl.max().item(),
             "kl/k1_mean": lr.mean().item(),
             "kl/k3_mean": k3.mean().item(),
-            "budget/full": budget,
-            "budget/spent": (budget - left_end).mean().item(),
-            "budget/left_end": left_end.mean().item(),
+            **({} if self.penalized else budget_metrics),
             "episodes/empty_turn_frac": sum(empties) / len(empties),
             **stats,
         }

@@ -114,6 +114,10 @@ class EnsembleBase:
         self._member_logp: Tensor | None = None  # (N, K, V) at the current position
         self._writers: Tensor | None = None
 
+    def output_embedding(self) -> Tensor:
+        """Member 0's output embedding (V, d) (members share the tokenizer)."""
+        return self.members[0].output_embedding()
+
     @property
     def member_logp(self) -> Tensor:
         """(N, K, V) each member's log-probabilities at the current position."""

@@ -73,6 +73,10 @@ class HFBase:
         self._static = False
         self._pos = 0
 
+    def output_embedding(self) -> Tensor:
+        """The model's output embedding (V, d), detached: the actor's "embed" head uses it."""
+        return self.model.get_output_embeddings().weight.detach().float()
+
     def _describe(self, out) -> BaseStep:
         logits = out.logits[:, -1, :].float()  # (B, V)
         feats = torch.cat([h[:, -1, :] for h in out.hidden_states[-N_FEATURE_LAYERS:]], -1)

@@ -4,6 +4,10 @@ For each length L (default: the training length and twice it) the trained agent 
 run's full budget) and the base model acting alone (budget 0) play fresh episodes, saved as
 `RUN/eval/episodes_<policy>_L<L>.jsonl`; `klbudget.evaluation.summary.compute_all` then
 recomputes every metric from the saved records into `RUN/eval/metrics.json`.
+
+A KL-penalty run (`agent.kind = "penalty"`) has no budget: its agent plays at budget +inf
+(records carry `"budget": Infinity`, nothing is spent, its observation sees budget_left 0),
+and the base policy's episodes are played by a budget agent at budget 0, i.e. β exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from klbudget.agent.policy import Actor, Critic, observation
+from klbudget.agent.policy import Actor, Critic, budget_input, make_actor, observation
 from klbudget.agent.rollout import played_tokens, run_episode
 from klbudget.agent.trainer import build_base, build_env, chat_format
 from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy, help_action
@@ -28,12 +32,14 @@ from klbudget.world.token_model import TeacherTokenModel
 
 
 def load_agent(run_dir: Path, cfg: Config, base: BasePolicy) -> tuple[Actor, Critic]:
-    """Actor and critic from the newest checkpoint of a run."""
+    """Actor and critic from the newest checkpoint of a run (a budget or a KL-penalty
+    actor, as the run's `agent.kind` says)."""
     stem = rf.latest_checkpoint(run_dir)
     if stem is None:
         raise rf.RunFolderError(f"{run_dir} has no checkpoint to evaluate")
     obs_dim = base.feature_dim + 2
-    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
+    actor = make_actor(obs_dim, base, cfg.agent.head, mixture=cfg.agent.kind != "penalty")
+    critic = Critic(obs_dim, cfg.agent.critic_hidden)
     rf.load_checkpoint(run_dir, stem, {"actor": actor, "critic": critic}, {}, {})
     return actor, critic
 
@@ -58,6 +64,7 @@ def evaluate_run(
     seed: int = 12345,
     world: Path | None = None,
     heldout: int = 32,
+    policies: tuple[str, ...] = ("agent", "base", "tau"),
     progress: bool = True,
 ) -> dict:
     """Write evaluation episodes and `eval/metrics.json`; returns the metrics.
@@ -66,6 +73,7 @@ def evaluate_run(
     agent token carries the exact KL(π_t‖τ_t), teacher turns are annotated with τ's
     support and behaviour class, and `heldout` of the world's held-out demonstrations are
     scored teacher-forced for the calibration loss (`eval/heldout_<policy>.jsonl`).
+    `policies` chooses who plays ("agent", "base", "tau"; τ only with a world).
     """
     saved = run_dir / "config.toml"
     if not saved.is_file():
@@ -77,20 +85,27 @@ def evaluate_run(
     oracle = tau_oracle(world, base, cfg) if world is not None else None
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
-    policies = [("agent", cfg.budget.total), ("base", 0.0)]
+    # A penalty agent has no budget (+inf); β alone is a budget agent at budget 0.
+    agent_budget = cfg.budget.total if actor.mixture else math.inf
+    base_actor = actor if actor.mixture else Actor(base.feature_dim + 2, base.num_actions)
+    unknown = set(policies) - {"agent", "base", "tau"}
+    if unknown:
+        raise ValueError(f"unknown policies {sorted(unknown)}; known: agent, base, tau")
+    players = [("agent", actor, agent_budget), ("base", base_actor, 0.0)]
     if oracle is not None:
-        policies.append(("tau", 0.0))
+        players.append(("tau", base_actor, 0.0))
+    players = [p for p in players if p[0] in policies]
     n_batches = math.ceil(episodes / cfg.env.n_envs)
-    bar = tqdm(total=len(lengths) * len(policies) * n_batches, desc="eval", disable=not progress)
+    bar = tqdm(total=len(lengths) * len(players) * n_batches, desc="eval", disable=not progress)
     for length in lengths:
         lcfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, length=length))
         env = build_env(lcfg, base=base, demonstrator=demonstrator)
-        for policy, budget in policies:
+        for policy, player, budget in players:
             g = torch.Generator().manual_seed(seed)
             records = []
             for i in range(n_batches):
                 ep = run_episode(
-                    env, actor, critic, budget=budget, mode=cfg.budget.mode,  # type: ignore[arg-type]
+                    env, player, critic, budget=budget, mode=cfg.budget.mode,  # type: ignore[arg-type]
                     budget_scale=max(cfg.budget.total, 1.0), generator=g, seed=seed + i,
                     policy=policy, teacher=oracle if policy == "tau" else None,
                     reference=oracle,
@@ -107,6 +122,8 @@ def evaluate_run(
     if oracle is not None:
         held = heldout_logprobs(cfg, base, actor, oracle.tm, world, heldout)
         for policy, recs in held.items():
+            if policy not in policies:
+                continue
             _replace_jsonl(out / f"heldout_{policy}.jsonl", recs)
     return compute_all(run_dir)
 
@@ -167,7 +184,7 @@ def heldout_logprobs(
         where = {(r, p): (h, y) for r, (_, tt) in enumerate(batch) for p, h, y in tt}
         t0 = min(p for _, tt in batch for p, _, _ in tt) if where else width
         step = base.reset(x[:, :t0], capacity=width)
-        left = torch.full((n,), float(cfg.budget.total))
+        left = budget_input(actor, torch.full((n,), float(cfg.budget.total)))
         logs: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in out}
         for t in range(t0, width):
             rs = [r for r in range(n) if (r, t) in where]
@@ -188,7 +205,7 @@ def heldout_logprobs(
                     logs["tau"][r].append(float(log_tau[k, v[k]]))
                 ratio = played.log_x.gather(-1, v[:, None]).squeeze(-1)
                 ratio = ratio - step.logp[ri].gather(-1, v[:, None]).squeeze(-1)
-                active = torch.ones(len(rs), dtype=torch.bool)
+                active = torch.full((len(rs),), actor.mixture, dtype=torch.bool)
                 mode = cfg.budget.mode
                 left[ri] = spend(left[ri], mode=mode, log_ratio=ratio, kl=played.kl, active=active)  # type: ignore[arg-type]
             if t + 1 < width:
