@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # a NaN or infinite loss, gradient or metric stopped training
 
 
 class UsageError(ValueError):
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from klbudget.agent.trainer import TrainingError
     from klbudget.base.convert import ConversionError
     from klbudget.base.hf import ModelLoadError
     from klbudget.config import ConfigError
@@ -334,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         print(f"klbudget: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingError as err:
+        print(f"klbudget: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("klbudget: interrupted", file=sys.stderr)
         return 130

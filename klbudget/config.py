@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -133,47 +134,28 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def validate(self) -> Config:
-        """Check values a type cannot express; returns self."""
-        checks = [
-            (self.budget.mode in ("realized", "expected"), "budget.mode must be realized|expected"),
-            (self.budget.total >= 0, "budget.total must be >= 0"),
-            (0 <= self.budget.ramp_fraction <= 1, "budget.ramp_fraction must be in [0, 1]"),
-            (self.env.n_envs >= 1, "env.n_envs must be >= 1"),
-            (self.env.length >= 2, "env.length must be >= 2"),
-            (self.env.max_reply_tokens >= 1, "env.max_reply_tokens must be >= 1"),
-            (self.env.student_temperature > 0, "env.student_temperature must be > 0"),
-            (self.model.temperature > 0, "model.temperature must be > 0"),
-            (self.reward.kind in ("vader", "hf"), "reward.kind must be vader|hf"),
+        """Check every field against its declared range (:data:`RULES`) and the relations
+        between fields; the first failure raises ConfigError naming the field, the value and
+        what is allowed. Returns self."""
+        for key, rule in RULES.items():
+            section, name = key.split(".")
+            problem = rule.check(getattr(getattr(self, section), name))
+            if problem:
+                value = getattr(getattr(self, section), name)
+                raise ConfigError(f"{key} = {_show(value)}: {problem}")
+        relations = [
             (
-                self.agent.kl_target_grad in ("scalar", "both"),
-                "agent.kl_target_grad must be scalar|both",
-            ),
-            (self.agent.kind in ("budget", "penalty"), "agent.kind must be budget|penalty"),
-            (self.agent.head in ("full", "embed"), "agent.head must be full|embed"),
-            (
-                self.penalty.estimator in ("k1", "k2", "k3", "exact"),
-                "penalty.estimator must be k1|k2|k3|exact",
-            ),
-            (self.penalty.where in ("reward", "loss"), "penalty.where must be reward|loss"),
-            (
-                math.isfinite(self.penalty.coef) and self.penalty.coef >= 0,
-                "penalty.coef must be finite and >= 0",
+                self.env.prompt.endswith(self.env.teacher_tag),
+                "env.prompt must end with env.teacher_tag",
             ),
             (
-                math.isfinite(self.penalty.target) and self.penalty.target >= 0,
-                "penalty.target must be finite and >= 0",
+                self.env.teacher_tag != self.env.student_tag,
+                "env.teacher_tag and env.student_tag must differ",
             ),
             (
-                math.isfinite(self.penalty.horizon) and self.penalty.horizon > 0,
-                "penalty.horizon must be finite and > 0",
-            ),
-            (
-                math.isfinite(self.penalty.clip) and self.penalty.clip > 0,
-                "penalty.clip must be finite and > 0",
-            ),
-            (
-                self.base.kind in ("single", "bayes", "pessimistic"),
-                "base.kind must be single|bayes|pessimistic",
+                self.ppo.tokens_per_update <= self.train.total_agent_steps,
+                f"ppo.tokens_per_update = {self.ppo.tokens_per_update}: must be at most "
+                f"train.total_agent_steps ({self.train.total_agent_steps})",
             ),
             (
                 self.base.kind == "single" or bool(self.base.members.strip()),
@@ -183,27 +165,121 @@ class Config:
                 self.base.kind != "pessimistic" or bool(self.base.world),
                 "base.world must name a world folder when base.kind is pessimistic",
             ),
-            (0 < self.base.alpha <= 1, "base.alpha must be in (0, 1]"),
-            (self.base.demo_tokens >= 0, "base.demo_tokens must be >= 0"),
-            (self.base.help in ("token", "turn"), "base.help must be token|turn"),
             (
-                self.base.update_on in ("demonstrator", "teacher"),
-                "base.update_on must be demonstrator|teacher",
-            ),
-            (self.ppo.epochs >= 1 and self.ppo.minibatch >= 1, "ppo.epochs, ppo.minibatch >= 1"),
-            (self.ppo.tokens_per_update >= 1, "ppo.tokens_per_update must be >= 1"),
-            (self.train.total_agent_steps >= 1, "train.total_agent_steps must be >= 1"),
-            (self.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
-            (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
-            (
-                self.env.prompt.endswith(self.env.teacher_tag),
-                "env.prompt must end with teacher_tag",
-            ),
+                self.reward.kind != "hf" or bool(self.reward.model_dir),
+                "reward.model_dir is needed when reward.kind is hf",
+            ),  # fmt: skip
         ]
-        for ok, msg in checks:
+        for ok, msg in relations:
             if not ok:
                 raise ConfigError(msg)
         return self
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one field allows: numbers in [lo, hi] (open ends with lo_open/hi_open), always
+    finite; or one of `choices`; or a string (non-empty unless `empty`, matching `pattern`)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    empty: bool = True
+    pattern: str = ""
+
+    def check(self, v: Any) -> str:
+        """'' when `v` is allowed, else what is allowed."""
+        if self.choices:
+            return "" if v in self.choices else f"must be one of {'|'.join(self.choices)}"
+        if isinstance(v, str):
+            if not self.empty and not v:
+                return "must not be empty"
+            if self.pattern and not re.fullmatch(self.pattern, v):
+                return f"must match {self.pattern}"
+            return ""
+        if not math.isfinite(v):
+            return "must be a finite number"
+        lo_bad = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+        hi_bad = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
+        if lo_bad or hi_bad:
+            left = "(" if self.lo_open else "["
+            right = ")" if self.hi_open else "]"
+            lo = "-inf" if self.lo is None else f"{self.lo:g}"
+            hi = "inf" if self.hi is None else f"{self.hi:g}"
+            return f"must be in {left}{lo}, {hi}{right}"
+        return ""
+
+
+def _pos(hi: float | None = None) -> Rule:
+    return Rule(lo=0.0, lo_open=True, hi=hi)
+
+
+def _nonneg(hi: float | None = None) -> Rule:
+    return Rule(lo=0.0, hi=hi)
+
+
+def _count(lo: int = 1, hi: int | None = None) -> Rule:
+    return Rule(lo=lo, hi=hi)
+
+
+# One rule per field of Config (tests/core/test_config_ranges.py checks that none is missing).
+RULES: dict[str, Rule] = {
+    "model.path": Rule(empty=False),
+    "model.temperature": _pos(1e3),
+    "model.device": Rule(pattern=r"cpu|cuda(:\d+)?|mps"),
+    "model.threads": _count(0, 1024),
+    "base.kind": Rule(choices=("single", "bayes", "pessimistic")),
+    "base.members": Rule(),
+    "base.world": Rule(),
+    "base.alpha": Rule(lo=0.0, lo_open=True, hi=1.0),
+    "base.demo_tokens": _nonneg(1e9),
+    "base.help": Rule(choices=("token", "turn")),
+    "base.update_on": Rule(choices=("demonstrator", "teacher")),
+    "env.n_envs": _count(1, 65_536),
+    "env.length": _count(2, 1_000_000),
+    "env.student_temperature": _pos(1e3),
+    "env.max_reply_tokens": _count(1, 1_000_000),
+    "env.prompt": Rule(empty=False),
+    "env.teacher_tag": Rule(empty=False),
+    "env.student_tag": Rule(empty=False),
+    "env.separator": Rule(),
+    "reward.kind": Rule(choices=("vader", "hf")),
+    "reward.model_dir": Rule(),
+    "agent.kind": Rule(choices=("budget", "penalty")),
+    "agent.critic_hidden": _count(1, 8192),
+    "agent.kl_target_coef": _nonneg(1e6),
+    "agent.kl_target_grad": Rule(choices=("scalar", "both")),
+    "agent.head": Rule(choices=("full", "embed")),
+    "penalty.estimator": Rule(choices=("k1", "k2", "k3", "exact")),
+    "penalty.where": Rule(choices=("reward", "loss")),
+    "penalty.coef": _nonneg(1e6),
+    "penalty.target": _nonneg(1e9),
+    "penalty.horizon": _pos(1e12),
+    "penalty.clip": _pos(1e3),
+    "budget.total": _nonneg(1e9),
+    "budget.mode": Rule(choices=("realized", "expected")),
+    "budget.ramp_fraction": _nonneg(1.0),
+    "ppo.clip": _pos(10.0),
+    "ppo.epochs": _count(1, 10_000),
+    "ppo.minibatch": _count(1, 1_000_000_000),
+    "ppo.ent_coef": _nonneg(1e6),
+    "ppo.max_grad_norm": _pos(1e12),
+    "ppo.actor_lr": _pos(1e3),
+    "ppo.critic_lr": _pos(1e3),
+    "ppo.adam_eps": _pos(1e3),
+    "ppo.tokens_per_update": _count(1, 1_000_000_000),
+    "train.total_agent_steps": _count(1, 10**15),
+    "train.seed": _count(0, 2**63 - 1),
+    "train.checkpoint_every": _count(1, 10**9),
+    "train.keep_checkpoints": _count(1, 10**6),
+}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:

@@ -43,6 +43,19 @@ class Batch:
         return int(self.actions.shape[0])
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or gradient that is NaN or infinite; raised before any parameter moves."""
+
+    def __init__(self, quantity: str) -> None:
+        super().__init__(f"{quantity} is not finite")
+        self.quantity = quantity
+
+
+def _check(value: Tensor, quantity: str) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(quantity)
+
+
 ExtraLoss = Callable[[Played, Batch, Tensor], Tensor]  # (played, batch, minibatch idx) → scalar
 
 
@@ -124,15 +137,19 @@ def ppo_update(
             if extra_loss is not None:
                 loss = loss + extra_loss(played, batch, idx)
             # 5. actor step
+            _check(loss, "the actor loss")
             actor_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
+            _check(norm, "the actor gradient")
             actor_opt.step()
             # 4./5. critic
             v_loss = 0.5 * (critic(obs) - batch.returns[idx]).pow(2).mean()
+            _check(v_loss, "the critic loss")
             critic_opt.zero_grad(set_to_none=True)
             v_loss.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            _check(norm, "the critic gradient")
             critic_opt.step()
             with torch.no_grad():
                 stats = {

@@ -26,7 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from klbudget.agent.policy import Critic, make_actor
-from klbudget.agent.ppo import Batch, ExtraLoss, KLPenaltyLoss, combine, ppo_update
+from klbudget.agent.ppo import (
+    Batch,
+    ExtraLoss,
+    KLPenaltyLoss,
+    NonFiniteError,
+    combine,
+    ppo_update,
+)
 from klbudget.agent.rollout import Episode, run_episode
 from klbudget.base.hf import HFBase
 from klbudget.base.protocol import BasePolicy
@@ -58,6 +65,9 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     (its imitator.json) tempered by base.demo_tokens.
     """
     m, b = cfg.model, cfg.base
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(m.device.split(":")[0], True):
+        raise ConfigError(f"model.device = {m.device!r}: no such device on this machine")
     first = HFBase(m.path, temperature=m.temperature, device=m.device)
     if b.kind == "single":
         return first, None
@@ -118,18 +128,21 @@ def build_env(
         torch.set_num_threads(cfg.model.threads)
     if base is None:
         base, demonstrator = build_base(cfg)
-    return ChatEnv(
-        base,
-        base.tokenizer,  # type: ignore[attr-defined]
-        make_sentiment(cfg.reward.kind, cfg.reward.model_dir),
-        n_envs=n_envs or cfg.env.n_envs,
-        length=cfg.env.length,
-        chat=chat_format(cfg),
-        student_temperature=cfg.env.student_temperature,
-        max_reply_tokens=cfg.env.max_reply_tokens,
-        device=cfg.model.device,
-        demonstrator=demonstrator,
-    )
+    try:
+        return ChatEnv(
+            base,
+            base.tokenizer,  # type: ignore[attr-defined]
+            make_sentiment(cfg.reward.kind, cfg.reward.model_dir),
+            n_envs=n_envs or cfg.env.n_envs,
+            length=cfg.env.length,
+            chat=chat_format(cfg),
+            student_temperature=cfg.env.student_temperature,
+            max_reply_tokens=cfg.env.max_reply_tokens,
+            device=cfg.model.device,
+            demonstrator=demonstrator,
+        )
+    except ValueError as err:  # the relations a config cannot check without the model
+        raise ConfigError(str(err)) from err
 
 
 def cat_batches(batches: list[Batch]) -> Batch:
@@ -147,6 +160,10 @@ class Counters:
     agent_steps: int = 0
     episodes: int = 0
     wall_s: float = 0.0
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN or infinite loss, gradient or metric); one line."""
 
 
 class Trainer:
@@ -279,12 +296,15 @@ class Trainer:
                 penalty_loss = None
                 if self.penalty is not None and self.cfg.penalty.where == "loss":
                     penalty_loss = KLPenaltyLoss(self.cfg.penalty.estimator, self.penalty.value)
-                stats = ppo_update(
-                    self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
-                    self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
-                    kl_target_grad=self.cfg.agent.kl_target_grad, generator=self.gen,
-                    extra_loss=combine(self.extra_loss, penalty_loss),
-                )  # fmt: skip
+                try:
+                    stats = ppo_update(
+                        self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
+                        self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
+                        kl_target_grad=self.cfg.agent.kl_target_grad, generator=self.gen,
+                        extra_loss=combine(self.extra_loss, penalty_loss),
+                    )  # fmt: skip
+                except NonFiniteError as err:
+                    raise self._diverged(err.quantity) from err
                 if penalty_loss is not None and penalty_loss.values:
                     vals = penalty_loss.values
                     stats["losses/kl_penalty"] = sum(vals) / len(vals)
@@ -335,6 +355,14 @@ class Trainer:
             .item(),
         }
 
+    def _diverged(self, quantity: str) -> TrainingError:
+        stem = rf.latest_checkpoint(self.run_dir)
+        kept = f"checkpoint {stem} is intact" if stem else "no checkpoint was written yet"
+        return TrainingError(
+            f"update {self.counters.update + 1}: {quantity} is not finite; training stopped "
+            f"before writing it ({kept}; --resume continues from it)"
+        )
+
     def _log(
         self,
         episodes: list[Episode],
@@ -344,6 +372,7 @@ class Trainer:
         seconds: float,
     ) -> dict[str, float]:
         c = self.counters
+        first = c.episodes
         records = []
         for ep in episodes:
             for rec in ep.records:
@@ -381,6 +410,11 @@ class Trainer:
             "episodes/empty_turn_frac": sum(empties) / len(empties),
             **stats,
         }
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:  # nothing of this update is written, the last checkpoint stays the last
+            c.update, c.agent_steps, c.episodes = c.update - 1, c.agent_steps - steps, first
+            c.wall_s -= seconds
+            raise self._diverged(f"metric {bad[0]}")
         rf.append_jsonl(self.run_dir / "episodes.jsonl", records)
         rf.append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
         return metrics

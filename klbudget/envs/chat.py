@@ -117,11 +117,13 @@ class ChatEnv:
         self.to_teacher_ids = self.text.encode(self.chat.to_teacher)
         if len(self.prompt_ids) >= length:
             raise ValueError(
-                f"the prompt is {len(self.prompt_ids)} tokens, not shorter than "
-                f"the episode length {length}"
+                f"env.length = {length}: must be longer than the prompt "
+                f"({len(self.prompt_ids)} tokens)"
             )
         if length > base.max_length:
-            raise ValueError(f"episode length {length} exceeds the model's {base.max_length}")
+            raise ValueError(
+                f"env.length = {length}: must be at most the model's {base.max_length} positions"
+            )
         # Student sampling never ends the document: the hand-back is the only way out.
         self._banned = [t for t in {getattr(tokenizer, "eos_token_id", None)} if t is not None]
         self._tail = 4 * max(len(self.chat.to_student), len(self.chat.to_teacher))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from klbudget.envs.format import ChatFormat
+from klbudget.runs.folder import from_jsonable
 
 SPEAKERS = ("prompt", "agent", "env")
 TURN_SPEAKERS = ("teacher", "student")
@@ -119,8 +121,15 @@ def _int(obj: dict[str, Any], key: str, where: str) -> int:
     return v
 
 
+def _unbounded(v: Any) -> Any:
+    """A budget field: "inf" (strict JSON's spelling of +∞, no budget at all) as a float."""
+    return math.inf if v == "inf" else v
+
+
 def _float(obj: dict[str, Any], key: str, where: str, *, finite: bool = True) -> float:
     v = _require(obj, key, where)
+    if not finite:
+        v = _unbounded(v)
     if not _is_number(v) or math.isnan(v) or (finite and math.isinf(v)):
         kind = "a finite number" if finite else "a number"
         raise RecordError(f"{where}: {key!r} must be {kind}, got {v!r}")
@@ -166,9 +175,9 @@ def parse_token(obj: Any, where: str) -> Token:
     kl = _float(obj, "kl", where)
     if kl < -_KL_TOLERANCE:
         raise RecordError(f"{where}: 'kl' must be >= 0, got {kl!r}")
-    budget_left = obj.get("budget_left")
+    budget_left = _unbounded(obj.get("budget_left"))
     if budget_left is not None and (not _is_number(budget_left) or math.isnan(budget_left)):
-        raise RecordError(f"{where}: 'budget_left' must be a number, got {budget_left!r}")
+        raise RecordError(f"{where}: 'budget_left' must be a number or 'inf', got {budget_left!r}")
     kl_tau = _optional_float(obj, "kl_tau", where, null=math.inf)
     if kl_tau is not None and kl_tau < -_KL_TOLERANCE:
         raise RecordError(f"{where}: 'kl_tau' must be >= 0 or null, got {kl_tau!r}")
@@ -283,13 +292,35 @@ def parse_heldout(obj: Any, where: str = "<record>") -> Heldout:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield `("FILE:LINE", object)` for each non-blank line of a JSONL file."""
+    """Yield `("FILE:LINE", object)` for each non-blank line of a JSONL file.
+
+    Every line a writer finishes ends with a newline. A last line without one that does not
+    parse is what a run killed mid-write leaves: it is skipped with a warning. Invalid JSON
+    anywhere else is an error.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
     except OSError as e:
         raise RecordError(f"{path}: cannot read ({e.strerror or e})") from e
+    unfinished = bool(raw) and not raw.endswith(b"\n")
+    if unfinished:  # a cut may fall inside a multi-byte character: decode what is whole
+        head, _, tail = raw.rpartition(b"\n")
+        raw = head + (b"\n" if head else b"")
+    try:
+        lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if unfinished:
+        text = tail.decode("utf-8", errors="replace")
+        try:
+            json.loads(text)
+            lines.append(text)  # whole after all, just without its newline
+        except json.JSONDecodeError:
+            warnings.warn(
+                f"{path}:{len(lines) + 1}: skipping a truncated last line (a run killed while "
+                "writing it)",
+                stacklevel=2,
+            )
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -316,7 +347,8 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     for where, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise RecordError(f"{where}: a metrics row must be an object")
-        rows.append(obj)
+        # Strict JSON spells +-inf "inf"/"-inf" and an undefined value null (NaN here).
+        rows.append({k: math.nan if v is None else from_jsonable(v) for k, v in obj.items()})
     return rows
 
 

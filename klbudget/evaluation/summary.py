@@ -36,7 +36,6 @@ Infinite values (KL(π‖τ) with support violations) are written as the strings
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import uuid
@@ -53,6 +52,7 @@ from klbudget.evaluation.records import (
     load_heldout,
     load_rows,
 )
+from klbudget.runs.folder import from_jsonable, to_jsonable
 
 SCHEMA_VERSION = 1
 EVAL_EPISODES = re.compile(r"episodes_(?P<policy>[A-Za-z0-9-]+)_L(?P<length>[0-9]+)\.jsonl")
@@ -182,34 +182,6 @@ def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = T
 
 
 # ----------------------------------------------------------------------------- JSON
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Copy of `obj` with ±inf as "inf"/"-inf" and NaN as None: strict JSON has neither."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    return obj
-
-
-def from_jsonable(obj: Any) -> Any:
-    """Inverse of :func:`to_jsonable` for the infinities."""
-    if obj == "inf":
-        return math.inf
-    if obj == "-inf":
-        return -math.inf
-    if isinstance(obj, dict):
-        return {k: from_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_jsonable(v) for v in obj]
-    return obj
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -43,7 +43,7 @@ from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import load_episodes
 from klbudget.evaluation.summary import set_metrics
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
-from klbudget.runs.folder import RunFolderError, atomic_write_text
+from klbudget.runs.folder import RunFolderError, atomic_write_text, jsonl_line
 from klbudget.world import ImitatorConfig, WorldConfig, build_world, train_imitator
 
 METHODS = ("budget", "fixed", "adaptive", "best_of_n")
@@ -235,7 +235,7 @@ def _best_of_n(cfg: Config, grid: Grid, world: Path, out: Path, seed: int) -> li
         bon = best_of_n_episodes(env, n, grid.episodes, seed=seed, reference=oracle)
         for rec in bon.records:
             oracle.annotate(rec)
-        lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in bon.records)
+        lines = "".join(jsonl_line(r) for r in bon.records)
         path = out / f"episodes_best_of_{n}_L{cfg.env.length}.jsonl"
         atomic_write_text(path, lines)
         ev = set_metrics(load_episodes(path))

@@ -11,6 +11,7 @@ pickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,45 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def to_jsonable(obj: Any) -> Any:
+    """Copy of `obj` with ±inf as "inf"/"-inf" and NaN as None: strict JSON has neither."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def from_jsonable(obj: Any) -> Any:
+    """Inverse of :func:`to_jsonable` for the infinities (for numbers-only documents: a
+    string "inf" anywhere becomes a float)."""
+    if obj == "inf":
+        return math.inf
+    if obj == "-inf":
+        return -math.inf
+    if isinstance(obj, dict):
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
+    return obj
+
+
+def jsonl_line(obj: Any) -> str:
+    """One strict-JSON line (no NaN or Infinity tokens, :func:`to_jsonable`), with newline."""
+    return json.dumps(to_jsonable(obj), separators=(",", ":"), allow_nan=False) + "\n"
+
+
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as strict JSON lines (:func:`jsonl_line`), flushed to disk."""
     if not rows:
         return
-    blob = "".join(json.dumps(r, separators=(",", ":"), allow_nan=True) + "\n" for r in rows)
+    blob = "".join(jsonl_line(r) for r in rows)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(blob)
         fh.flush()

@@ -71,7 +71,15 @@ def test_train_writes_documented_run_folder(tiny_model, tmp_path):
         (["--set", "oops"], "bad override"),
         (["--set", "base.kind=pessimistic"], "base.members must name"),
         (["--set", "base.kind=bayes", "--set", "base.members=/no/such"], "no model folder"),
-        (["--set", "base.help=sometimes"], "base.help must be token|turn"),
+        (["--set", "base.help=sometimes"], "base.help = 'sometimes': must be one of token|turn"),
+        (["--set", "budget.total=inf"], "budget.total = inf: must be a finite number"),
+        (["--set", "budget.total=nan"], "budget.total = nan: must be a finite number"),
+        (["--set", "ppo.clip=-1"], "ppo.clip = -1.0: must be in (0, 10]"),
+        (["--set", "ppo.clip=nan"], "ppo.clip = nan"),
+        (["--set", "model.temperature=inf"], "model.temperature = inf"),
+        (["--set", "env.length=5"], "env.length = 5: must be longer than the prompt"),
+        (["--set", "ppo.actor_lr=nan"], "ppo.actor_lr = nan"),
+        (["--set", "model.device=mps"], "model.device = 'mps': no such device"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tiny_model, tmp_path, args, needle):
