@@ -15,10 +15,11 @@ max), empty-turn fraction, the share of teacher turns outside τ's support, the 
 the KL is the exact KL of best-of-n under the empirical return distribution of the β pool
 (`klbudget.core.best_of_n`), and its largest per-episode log-ratio is at most log n.
 
-The per-episode view: for each penalty agent, B* is the budget at which the budget agents'
-mean KL equals the penalty agent's (linear interpolation over the budget grid), and
-`over_budget` is the share of the penalty agent's episodes whose exact KL exceeds B*: what
-a budget guarantees and a penalty does not.
+The per-episode view: for each penalty agent with mean KL K, B* is the budget at which the
+budget agents' mean KL equals K (interpolated over the budget grid; K itself when the grid's
+agents never spend K on average, the smallest budget whose agent could), and `over_budget`
+is the share of the penalty agent's episodes whose exact KL exceeds B*: what a budget
+guarantees and a penalty does not.
 
 Writes `DIR/frontier.csv` (one row per policy and setting), `DIR/frontier.html` (return
 and empty-turn fraction against mean KL, one curve per method, and the table), the run
@@ -117,21 +118,25 @@ def _row(method: str, value: float, policy: str, ev: dict, calibration: float | 
 
 
 def budget_at_kl(rows: list[dict], kl: float) -> float:
-    """The budget whose budget agent's mean KL equals ``kl``: linear interpolation over the
-    budget rows (mean KL increasing in B), extrapolated from the end segments."""
-    pts = sorted((r["kl_mean"], r["value"]) for r in rows if r["method"] == "budget")
-    pts = [p for p in pts if math.isfinite(p[0])]
-    if len(pts) < 2:
-        return math.nan
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    if kl <= xs[0]:
-        i = 0
-    elif kl >= xs[-1]:
-        i = len(xs) - 2
-    else:
-        i = int(np.searchsorted(xs, kl)) - 1
-    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
-    return y0 if x1 == x0 else y0 + (kl - x0) * (y1 - y0) / (x1 - x0)
+    """B*: the budget at which the budget agents' mean KL equals ``kl``.
+
+    Linear interpolation over the budget grid (mean KL made non-decreasing in B first) when
+    the grid's mean KLs reach ``kl``; otherwise ``kl`` itself, the smallest budget whose agent
+    could have that mean (every episode of a budget agent spends at most its budget).
+    """
+    pts = sorted((r["value"], r["kl_mean"]) for r in rows if r["method"] == "budget")
+    pts = [p for p in pts if math.isfinite(p[1])]
+    if not pts:
+        return kl
+    budgets = np.array([p[0] for p in pts])
+    means = np.maximum.accumulate(np.array([p[1] for p in pts]))
+    if not means[0] <= kl <= means[-1]:
+        return kl
+    i = int(np.searchsorted(means, kl, side="left"))
+    if i == 0 or means[i] == means[i - 1]:
+        return float(budgets[i])
+    w = (kl - means[i - 1]) / (means[i] - means[i - 1])
+    return float(budgets[i - 1] + w * (budgets[i] - budgets[i - 1]))
 
 
 def run_frontier(
@@ -196,7 +201,7 @@ def run_frontier(
         if row["method"] in ("fixed", "adaptive") and kls:
             b = budget_at_kl(rows, row["kl_mean"])
             row["budget_equiv"] = b
-            row["over_budget"] = float(np.mean(np.asarray(kls) > b)) if math.isfinite(b) else b
+            row["over_budget"] = float(np.mean(np.asarray(kls) > b))
         elif row["method"] == "budget" and kls:
             row["over_budget"] = float(np.mean(np.asarray(kls) > row["value"] * (1 + 1e-6)))
     _write_csv(out / "frontier.csv", rows)

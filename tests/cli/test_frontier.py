@@ -55,12 +55,12 @@ def test_frontier_tiny(tmp_path, capsys):
     assert "data:image/png;base64," in page and "<script" not in page
 
 
-def test_budget_at_kl_interpolates_and_extrapolates():
-    rows = [
-        {"method": "budget", "value": b, "kl_mean": k} for b, k in ((2, 1.0), (6, 3.0), (10, 7.0))
-    ]
+def test_budget_at_kl_interpolates_or_falls_back_to_the_mean():
+    rows = [{"method": "budget", "value": b, "kl_mean": k}
+            for b, k in ((2, 1.0), (6, 3.0), (10, 7.0), (20, 6.5))]  # fmt: skip
     assert budget_at_kl(rows, 2.0) == pytest.approx(4.0)
     assert budget_at_kl(rows, 5.0) == pytest.approx(8.0)
-    assert budget_at_kl(rows, 0.5) == pytest.approx(1.0)  # below the grid: first segment
-    assert budget_at_kl(rows, 9.0) == pytest.approx(12.0)  # above it: last segment
-    assert math.isnan(budget_at_kl(rows[:1], 1.0))
+    assert budget_at_kl(rows, 7.0) == pytest.approx(10.0)
+    assert budget_at_kl(rows, 0.5) == 0.5  # below every budget agent's mean: K itself
+    assert budget_at_kl(rows, 9.0) == 9.0  # above it too
+    assert budget_at_kl([], 1.5) == 1.5
