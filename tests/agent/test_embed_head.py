@@ -83,7 +83,7 @@ def test_embed_head_learns_a_planted_token_within_budget(fitted_tiny_model, tmp_
         ids += agent_ids(ep)
         kl_max = max(kl_max, ep.kl.max().item())
     rate = sum(i == target for i in ids) / len(ids)
-    assert rate > 5 * counts[target] / n, (rate, counts[target] / n)  # learning happened
+    assert rate > 3 * counts[target] / n, (rate, counts[target] / n)  # learning happened
     assert kl_max <= budget + 1e-4  # and the budget held
 
 

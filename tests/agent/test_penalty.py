@@ -231,7 +231,7 @@ def test_penalty_run_saves_resumes_and_evaluates(tiny_model, tmp_path):
     saved = json.loads((run / "checkpoints" / f"{stem}.json").read_text())["counters"]
     assert saved["penalty_coef"] == metrics[-1]["penalty/coef_next"] == first.penalty.value
     episodes = read_jsonl(run / "episodes.jsonl")
-    assert all(e["budget"] == math.inf for e in episodes)
+    assert all(e["budget"] == "inf" for e in episodes)
 
     resumed = Trainer(penalty_config(tiny_model, 400), run, resume=True, progress=False)
     assert resumed.penalty.value == saved["penalty_coef"]
@@ -247,7 +247,7 @@ def test_penalty_run_saves_resumes_and_evaluates(tiny_model, tmp_path):
     agent = read_jsonl(run / "eval" / "episodes_agent_L40.jsonl")
     base = read_jsonl(run / "eval" / "episodes_base_L40.jsonl")
     assert len(agent) == len(base) == 4
-    assert all(r["budget"] == math.inf for r in agent)
+    assert all(r["budget"] == "inf" for r in agent)
     assert all(t["kl"] == 0.0 for r in base for t in r["tokens"])  # β exactly
     agent_kl = [sum(t["kl"] for t in r["tokens"]) for r in agent]
     assert min(agent_kl) > 0.0  # the trained penalty agent is not β

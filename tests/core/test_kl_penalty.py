@@ -132,9 +132,9 @@ def test_penalty_config_section():
 @pytest.mark.parametrize(
     "override,needle",
     [
-        ("agent.kind=bandit", "agent.kind must be budget|penalty"),
-        ("penalty.estimator=k4", "penalty.estimator must be k1|k2|k3|exact"),
-        ("penalty.where=both", "penalty.where must be reward|loss"),
+        ("agent.kind=bandit", "agent.kind = 'bandit': must be one of budget|penalty"),
+        ("penalty.estimator=k4", "penalty.estimator = 'k4': must be one of k1|k2|k3|exact"),
+        ("penalty.where=both", "penalty.where = 'both': must be one of reward|loss"),
         ("penalty.coef=-0.1", "penalty.coef"),
         ("penalty.coef=nan", "penalty.coef"),
         ("penalty.target=-1", "penalty.target"),
