@@ -35,7 +35,7 @@ from klbudget.evaluation.summary import (
     write_text_atomic,
 )
 from klbudget.report.escape import html_attr, html_text, visible
-from klbudget.report.plots import PLOTS, POLICY_NAME, eval_keys, shortest_set
+from klbudget.report.plots import PLOTS, POLICY_NAME, eval_keys, policy_rank, shortest_set
 
 # Per-token KL(π‖β) colour scale: bin upper edges (nats) and background colours
 # (ColorBrewer YlOrBr), dark bins get white text so tokens stay readable.
@@ -146,17 +146,28 @@ def get(obj: Any, key: str) -> Any:
     return obj
 
 
+ZERO = 5e-5  # |x| below this prints as 0: a KL or fraction that is zero up to rounding
+
+
 def fmt_num(x: Any) -> str:
-    """A number for a table: 4 significant digits, ∞ for infinity, — for no value."""
+    """A number for people: integers with thousands separators, 4 significant digits below
+    10,000 (separators above), 0 for anything within round-off of zero, ∞ for infinity,
+    — for no value."""
     if x is None:
         return "—"
     if isinstance(x, bool):
         return str(x).lower()
     if isinstance(x, int):
-        return str(x)
+        return f"{x:,}"
     if isinstance(x, float):
+        if math.isnan(x):
+            return "—"
         if math.isinf(x):
             return "∞" if x > 0 else "−∞"
+        if abs(x) < ZERO:
+            return "0"
+        if abs(x) >= 1e4:
+            return f"{x:,.0f}"
         return f"{x:.4g}"
     return html_text(str(x))
 
@@ -217,6 +228,44 @@ SET_ROWS = (
     ("tau_support.off_support_mass_mean", "mass π puts outside τ's support, mean per step"),
     ("help_rate", "help rate (share of agent steps)"),
 )
+
+
+HEADLINE = (
+    ("reward.mean", "return"),
+    ("empty_turn_frac.mean", "empty-turn fraction"),
+    ("kl_to_base.exact.mean", "KL(π‖β) per episode"),
+    ("tau_support.violation_share", "share of turns outside τ's support"),
+)
+
+
+def headline_section(runs: Sequence[RunData]) -> str:
+    """Per run and policy, at the longest evaluation length: the four numbers that say what
+    a policy does, before the details."""
+    rows = []
+    for r in runs:
+        sets = [s for s in (get(r.metrics, "eval") or {}).values() if isinstance(s, dict)]
+        if not sets:
+            continue
+        longest = max(s["length"] for s in sets)
+        for s in sorted((s for s in sets if s["length"] == longest),
+                        key=lambda s: policy_rank(s["policy"])):  # fmt: skip
+            values = "".join(
+                f'<td data-headline="{html_attr(key)}">{fmt_num(get(s, key))}</td>'
+                for key, _ in HEADLINE
+            )
+            rows.append(
+                f'<tr><th scope="row">{html_text(r.label)}: {policy_name(s["policy"])}, '
+                f"L = {longest}</th>{values}</tr>"
+            )
+    if not rows:
+        return ""
+    heads = "".join(f'<th scope="col">{name}</th>' for _, name in HEADLINE)
+    return (
+        '<section id="headline"><h2>At a glance</h2><p>Each policy at the longest evaluation '
+        "length; the summary below has the rest.</p>"
+        f'<table class="summary"><thead><tr><th>policy</th>{heads}</tr></thead><tbody>'
+        f"{''.join(rows)}</tbody></table></section>"
+    )
 
 
 def summary_section(runs: Sequence[RunData]) -> str:
@@ -613,7 +662,8 @@ def render(
         + "</li>"
         for r in runs
     )
-    sections = [summary_section(runs), config_section(runs)]
+    headline = headline_section(runs)
+    sections = [headline, summary_section(runs), config_section(runs)]
     for name, title, _ in PLOTS:
         table = TABLES[name](runs) if name in TABLES else ""
         sections.append(plot_section(name, title, plots.get(name), table))
@@ -623,6 +673,7 @@ def render(
     nav = "".join(
         f'<a href="#{n}">{html_text(t)}</a>'
         for n, t in [
+            *([("headline", "At a glance")] if headline else []),
             ("summary", "Summary"),
             ("config", "Configuration"),
             *[(n, t) for n, t, _ in PLOTS],

@@ -101,3 +101,22 @@ def test_any_value_trains_or_exits_2_with_one_line(tiny_model, field, value):
                 if name == "metrics.jsonl":
                     bad = {k: v for k, v in row.items() if v is None or v in ("inf", "-inf")}
                     assert not bad, (field, value, bad)
+
+
+@pytest.mark.parametrize("name", ["cpu", "demo", "paper", "frontier", "frontier_long", "smollm2"])
+def test_every_preset_is_valid(name):
+    from klbudget.config import preset
+
+    cfg = preset(name).validate()
+    assert cfg.env.prompt.endswith(cfg.env.teacher_tag)
+
+
+def test_smollm2_preset_speaks_the_model_chat_format():
+    from klbudget.agent.trainer import chat_format
+    from klbudget.config import preset
+
+    fmt = chat_format(preset("smollm2"))
+    assert fmt.to_student == "<|im_end|>\n<|im_start|>user\n"
+    assert fmt.to_teacher == "<|im_end|>\n<|im_start|>assistant\n"
+    assert fmt.is_empty_teacher_turn(fmt.to_student)
+    assert preset("smollm2").agent.head == "embed"

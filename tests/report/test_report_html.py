@@ -258,3 +258,22 @@ def test_help_study_section_and_corrupt_study(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="help_study.json"):
         build_report([run], tmp_path / "r2.html")
     assert not (tmp_path / "r2.html").exists() and not (tmp_path / "r2_files").exists()
+
+
+def test_numbers_for_people() -> None:
+    from klbudget.report.html import fmt_num
+
+    assert fmt_num(1234567) == "1,234,567"
+    assert fmt_num(123456.7) == "123,457"
+    assert fmt_num(1e-9) == "0" and fmt_num(-3e-6) == "0"  # zero up to rounding
+    assert fmt_num(0.012345) == "0.01235" and fmt_num(2.525) == "2.525"
+    assert fmt_num(float("nan")) == "—" and fmt_num(float("inf")) == "∞"
+
+
+def test_headline_panel_comes_first(built: tuple[Path, str]) -> None:
+    html = built[1]
+    assert html.index('id="headline"') < html.index('id="summary"')
+    panel = html[html.index('id="headline"') : html.index('id="summary"')]
+    # runA's agent at L = 32: empty-turn fraction 0.5 and KL 2.525 from the records.
+    assert 'data-headline="empty_turn_frac.mean">0.5<' in panel
+    assert 'data-headline="kl_to_base.exact.mean">2.525<' in panel
