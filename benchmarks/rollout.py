@@ -97,13 +97,19 @@ def bench(model_dir: Path, batch: int, length: int, episodes: int, budget: float
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_args(doc: str, length: int) -> argparse.ArgumentParser:
+    """A parser with the model source (--model folder or --tiny size), --batch and --length."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local Hugging Face model folder")
     src.add_argument("--tiny", choices=sorted(TINY), help="build a random model of this size")
     p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--length", type=int, default=length)
+    return p
+
+
+def main() -> None:
+    p = model_args(__doc__, 128)
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--budget", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=0)

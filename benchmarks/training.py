@@ -1,7 +1,7 @@
 """Training throughput beside the model's own limit, measured in one run.
 
     python benchmarks/training.py --tiny 1m --batch 16 64
-    python benchmarks/training.py --model models/imitator-... --batch 64 --length 256
+    python benchmarks/training.py --model models/imitator-... --batch 64 --heads full,embed
 
 For each batch size, in a fresh process (so that peak RSS belongs to that configuration):
 
@@ -19,7 +19,6 @@ mean the pipeline costs nothing beyond decoding). Medians over the timed repetit
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import resource
 import statistics
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout import TINY, TimedBase, tiny_model  # noqa: E402
+from rollout import TimedBase, model_args, tiny_model  # noqa: E402
 
 
 def _peak_mb() -> float:
@@ -73,9 +72,9 @@ def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str
     return out
 
 
-def rollout(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+def rollout(model_dir: Path, batch: int, length: int, reps: int, head: str) -> dict[str, float]:
     """Rollout rates of a budget agent whose head proposes something other than β."""
-    from klbudget.agent.policy import Actor, Critic
+    from klbudget.agent.policy import Critic, make_actor
     from klbudget.agent.rollout import run_episode
     from klbudget.base.hf import HFBase
     from klbudget.envs.chat import ChatEnv
@@ -87,9 +86,9 @@ def rollout(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, fl
                   chat=ChatFormat())  # fmt: skip
     d = base.feature_dim + 2
     torch.manual_seed(0)
-    actor, critic = Actor(d, base.num_actions), Critic(d, 256)
-    with torch.no_grad():
-        actor.z.weight.normal_(0, 0.05)
+    actor, critic = make_actor(d, base, head), Critic(d, 256)
+    with torch.no_grad():  # a head that proposes something other than β
+        (actor.z.weight if head == "full" else actor.proj.weight).normal_(0, 0.05)
     g = torch.Generator().manual_seed(0)
     agent, total, share = [], [], []
     for i in range(reps + 1):
@@ -109,7 +108,9 @@ def rollout(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, fl
     }
 
 
-def training(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -> dict[str, float]:
+def training(
+    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str
+) -> dict[str, float]:
     """End-to-end agent steps/s over whole PPO updates, and the update's share of the time."""
     from klbudget.agent.trainer import Trainer
     from klbudget.config import apply_overrides, preset
@@ -118,7 +119,7 @@ def training(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -
         preset("cpu"),
         [f"model.path={model_dir}", f"env.n_envs={batch}", f"env.length={length}",
          f"ppo.tokens_per_update={tokens}", "ppo.minibatch=1024",
-         "train.total_agent_steps=100000000", "budget.ramp_fraction=0"],
+         "train.total_agent_steps=100000000", "budget.ramp_fraction=0", f"agent.head={head}"],
     ).validate()  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", progress=False)
@@ -145,13 +146,15 @@ def training(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -
     return {"agent": statistics.median(rates), "update_share": statistics.median(shares)}
 
 
-def one(model_dir: Path, batch: int, length: int, reps: int, tokens: int) -> dict[str, object]:
+def one(
+    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str
+) -> dict[str, object]:
     from klbudget.base.hf import load_local
 
     torch.set_num_threads(THREADS or torch.get_num_threads())
     alone = model_alone(model_dir, batch, length, reps)
-    roll = rollout(model_dir, batch, length, reps)
-    train = training(model_dir, batch, length, reps, tokens)
+    roll = rollout(model_dir, batch, length, reps, head)
+    train = training(model_dir, batch, length, reps, tokens, head)
     params = sum(p.numel() for p in load_local(model_dir)[0].parameters())
     return {"alone": alone, "rollout": roll, "train": train, "peak_mb": _peak_mb(),
             "params_m": params / 1e6}  # fmt: skip
@@ -166,34 +169,30 @@ def _init(threads: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="local Hugging Face model folder")
-    src.add_argument("--tiny", choices=sorted(TINY), help="build a random model of this size")
-    p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--length", type=int, default=256)
+    p = model_args(__doc__, 256)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after a warm-up")
     p.add_argument("--tokens-per-update", type=int, default=8192)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--heads", default="full", help="comma-separated actor heads: full, embed")
     args = p.parse_args()
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else tiny_model(args.tiny, Path(tmp) / "m")
         name = args.model or f"random {args.tiny}"
         print(f"{name}, {args.length}-token episodes, {torch.get_num_threads()} threads")
-        head = [("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 9),
+        cols = [("head", 5), ("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 9),
                 ("roll/alone", 10), ("fwd share", 9), ("train agent", 11),
                 ("train/alone", 11), ("upd share", 9), ("peak MB", 8)]  # fmt: skip
-        print(" ".join(f"{h:>{w}}" for h, w in head))
-        for b in args.batch:
+        print(" ".join(f"{h:>{w}}" for h, w in cols))
+        for head, b in [(h, b) for b in args.batch for h in args.heads.split(",")]:
             with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
                                      initargs=(args.threads,)) as pool:  # fmt: skip
-                r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update)
+                r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update, head)
                 r = r.result()
             a, ro, tr = r["alone"], r["rollout"], r["train"]
             train_total = tr["agent"] * ro["total"] / ro["agent"]  # agent share as in the rollout
             print(
-                f"{b:>5} {a['forward']:>10.0f} {a['sample']:>10.0f} {ro['total']:>9.0f} "
+                f"{head:>5} {b:>5} {a['forward']:>10.0f} {a['sample']:>10.0f} {ro['total']:>9.0f} "
                 f"{ro['total'] / a['sample']:>10.2f} {100 * ro['forward_share']:>8.1f}% "
                 f"{tr['agent']:>11.0f} {train_total / a['sample']:>11.3f} "
                 f"{100 * tr['update_share']:>8.1f}% {r['peak_mb']:>8.0f}",

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 import torch
 
 from klbudget.agent.best_of_n import best_of_n_episodes
-from klbudget.agent.policy import Actor, Critic
-from klbudget.agent.rollout import run_episode
 from klbudget.core.best_of_n import kl_best_of_n, kl_bound
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import make_env
+from tests.agent.test_env import beta_agent_tokens, make_env
 
 
 def test_best_of_n_keeps_the_best_beta_episode_of_each_group(fitted_tiny_model):
     torch.set_num_threads(1)
     env = make_env(fitted_tiny_model, n=4, length=40)
-    d, a = env.base.feature_dim + 2, env.base.num_actions
     # Reward the base's most common agent token, so that episode returns differ.
-    g = torch.Generator().manual_seed(0)
-    ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
-                     budget_scale=1.0, generator=g, seed=99)  # fmt: skip
-    ids = [t["id"] for r in ep.records for t in r["tokens"] if t["speaker"] == "agent"]
-    planted = PlantedTokenReward(env, collections.Counter(ids).most_common(1)[0][0], bonus=1.0)
+    common = beta_agent_tokens(env, seed=99).most_common(1)[0][0]
+    planted = PlantedTokenReward(env, common, bonus=1.0)
 
     n, episodes = 4, 3
     out = best_of_n_episodes(planted, n, episodes, seed=11)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 
-from klbudget.agent.policy import Actor, Critic, make_actor, observation
+from klbudget.agent.policy import Actor, make_actor, observation
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import SHORT, make_env
+from tests.agent.test_env import SHORT, beta_agent_tokens, make_env, rare_token
 
 
 def test_embed_head_is_the_output_layer_of_a_small_map(tiny_model):
@@ -52,17 +50,13 @@ def test_embed_head_needs_an_output_embedding():
 def test_embed_head_learns_a_planted_token_within_budget(fitted_tiny_model, tmp_path):
     torch.set_num_threads(1)
     env = make_env(fitted_tiny_model, n=16, length=60)
-    d, a = env.base.feature_dim + 2, env.base.num_actions
-    g = torch.Generator().manual_seed(0)
-    ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
-                     budget_scale=10.0, generator=g, seed=5)  # fmt: skip
 
     def agent_ids(episode) -> list[int]:
         return [t["id"] for r in episode.records for t in r["tokens"] if t["speaker"] == "agent"]
 
-    counts = collections.Counter(agent_ids(ep))
+    counts = beta_agent_tokens(env)
     n = sum(counts.values())
-    target = min(counts, key=lambda t: abs(counts[t] / n - 0.012))
+    target = rare_token(counts)
     budget = 8.0
     cfg = from_dict({
         "agent": {"head": "embed"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import torch
 from gymnasium.utils.env_checker import check_env
 
@@ -16,6 +18,27 @@ def constant_sentiment(texts):
 
 
 SHORT = ChatFormat(prompt="Student: Hi!\n\nTeacher:")
+
+
+def beta_agent_tokens(env: ChatEnv, seed: int = 5) -> collections.Counter:
+    """How often β itself writes each agent token in one lockstep episode of `env` (a budget
+    agent at budget 0 plays β exactly): the way the learning tests pick a planted token."""
+    from klbudget.agent.policy import Actor, Critic
+    from klbudget.agent.rollout import run_episode
+
+    d, a = env.base.feature_dim + 2, env.base.num_actions
+    g = torch.Generator().manual_seed(0)
+    ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
+                     budget_scale=10.0, generator=g, seed=seed)  # fmt: skip
+    return collections.Counter(
+        t["id"] for r in ep.records for t in r["tokens"] if t["speaker"] == "agent"
+    )
+
+
+def rare_token(counts: collections.Counter, share: float = 0.012) -> int:
+    """The token whose share of `counts` is closest to `share`."""
+    n = sum(counts.values())
+    return min(counts, key=lambda t: abs(counts[t] / n - share))
 
 
 def make_env(path, n=4, length=80, **kw) -> ChatEnv:

@@ -3,7 +3,6 @@ its loss; λ fixed or adapted; saved, resumed and evaluated like a budget agent.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 
@@ -17,7 +16,7 @@ from klbudget.agent.trainer import Trainer
 from klbudget.config import PPOConfig, from_dict
 from klbudget.core.kl import estimate, kl_exact
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import SHORT, make_env
+from tests.agent.test_env import SHORT, beta_agent_tokens, make_env, rare_token
 
 
 def random_actor(d: int, v: int, scale: float, mixture: bool = False, seed: int = 0) -> Actor:
@@ -150,13 +149,7 @@ def test_reward_penalty_enters_the_returns_not_the_records(tiny_model, estimator
 def planted_runs(fitted_tiny_model, tmp_path, runs):
     torch.set_num_threads(1)
     env = make_env(fitted_tiny_model, n=16, length=60)
-    d, a = env.base.feature_dim + 2, env.base.num_actions
-    g = torch.Generator().manual_seed(0)
-    ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
-                     budget_scale=10.0, generator=g, seed=5)  # fmt: skip
-    ids = [t["id"] for r in ep.records for t in r["tokens"] if t["speaker"] == "agent"]
-    counts = collections.Counter(ids)
-    target = min(counts, key=lambda t: abs(counts[t] / len(ids) - 0.012))
+    target = rare_token(beta_agent_tokens(env))
     out = {}
     for name, penalty in runs.items():
         cfg = from_dict({

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import collections
-
 import torch
 
-from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import make_env
+from tests.agent.test_env import beta_agent_tokens, make_env, rare_token
 
 N_ENVS, LENGTH = 16, 60
 
@@ -34,14 +31,8 @@ def evaluate(env, actor, critic, budget, target):
 def test_planted_token_rate_rises_with_budget(fitted_tiny_model, tmp_path):
     torch.set_num_threads(1)  # small matrices: threads only add overhead
     env = make_env(fitted_tiny_model, n=N_ENVS, length=LENGTH)
-    d, a = env.base.feature_dim + 2, env.base.num_actions
     # Pick a token the base writes rarely (about 1% of its teacher tokens).
-    g = torch.Generator().manual_seed(0)
-    ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
-                     budget_scale=10.0, generator=g, seed=5)  # fmt: skip
-    counts = collections.Counter(agent_tokens(ep))
-    n = sum(counts.values())
-    target = min(counts, key=lambda t: abs(counts[t] / n - 0.012))
+    target = rare_token(beta_agent_tokens(env))
     rates, spent = {}, {}
     for budget in (0.0, 2.0, 8.0):
         cfg = from_dict({
