@@ -8,9 +8,10 @@
 Runs `klbudget train ... --out OUT` as a child process, samples its resident memory (VmRSS)
 every `--every` seconds and the run's progress from `OUT/metrics.jsonl`, stops the run
 after `--minutes` (Ctrl-C semantics: it saves a checkpoint) unless it finishes first, and
-prints the samples and the least-squares slope of RSS after the warm-up (the first
-`--warmup` minutes): MB per hour and MB per 100 updates. The samples are also written to
-`OUT/soak.csv`.
+prints the samples, the least-squares slope of RSS after the warm-up (the first
+`--warmup` minutes: MB per hour and MB per 100 updates), and the peak RSS seen while each
+update ran (RSS swings within an update, so with few updates the peaks say more than the
+slope). The samples are also written to `OUT/soak.csv`.
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ def main() -> int:
         print(f"RSS after {args.warmup:g} min: {late[0][1]:.0f} -> {late[-1][1]:.0f} MB; slope "
               f"{per_hour:+.1f} MB/hour, {100 * per_update:+.2f} MB per 100 updates "
               f"({len(late)} samples)")  # fmt: skip
+    peaks: dict[int, float] = {}
+    for _, mb, u, _ in samples:  # RSS swings within an update (rollout, then PPO update)
+        peaks[u] = max(peaks.get(u, 0.0), mb)
+    if peaks:
+        listed = ", ".join(f"{u}: {mb:.0f}" for u, mb in sorted(peaks.items()))
+        print(f"peak RSS while each update ran (MB, by updates done): {listed}")
     return 0 if child.returncode in (0, 130) else child.returncode
 
 
