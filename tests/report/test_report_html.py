@@ -277,3 +277,15 @@ def test_headline_panel_comes_first(built: tuple[Path, str]) -> None:
     # runA's agent at L = 32: empty-turn fraction 0.5 and KL 2.525 from the records.
     assert 'data-headline="empty_turn_frac.mean">0.5<' in panel
     assert 'data-headline="kl_to_base.exact.mean">2.525<' in panel
+
+
+def test_report_reads_a_run_killed_mid_write(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runA")
+    whole = build_report([run], tmp_path / "whole.html").read_text()
+    for name in ("episodes.jsonl", "metrics.jsonl"):
+        with open(run / name, "a", encoding="utf-8") as f:
+            f.write('{"episode": 99, "policy": "ag')  # the line a SIGKILL cut short
+    with pytest.warns(UserWarning, match="truncated last line"):
+        cut = build_report([run], tmp_path / "cut.html").read_text()
+    # The same numbers as before the cut line was added (the file paths aside).
+    assert Page(cut).cells == Page(whole).cells
