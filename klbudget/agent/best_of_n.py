@@ -30,6 +30,54 @@ class BestOfN:
     chosen: np.ndarray  # (E,) indices into the pool of the kept episodes
 
 
+def play_pool(
+    env: ChatEnv,
+    count: int,
+    *,
+    seed: int = 0,
+    budget_scale: float = 1.0,
+    reference: Oracle | None = None,
+) -> list[dict]:
+    """`count` β episodes on `env`, in batches of `env.n_envs` with environment seeds seed,
+    seed + 1, ... (so a larger pool starts with a smaller one). `reference` (e.g. τ)
+    annotates every agent token as in `run_episode`."""
+    base = env.base
+    obs_dim = base.feature_dim + 2
+    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, 8)
+    g = torch.Generator().manual_seed(seed)
+    pool: list[dict] = []
+    for i in range(math.ceil(count / env.n_envs)):
+        ep = run_episode(
+            env, actor, critic, budget=0.0, mode="expected", budget_scale=budget_scale,
+            generator=g, seed=seed + i, policy="base", reference=reference,
+        )  # fmt: skip
+        pool += ep.records
+    return pool[:count]
+
+
+def keep_best(pool: list[dict], n: int, episodes: int, *, seed: int = 0) -> BestOfN:
+    """The best of each group of n among the first n·`episodes` records of `pool`, as
+    policy "best_of_<n>"; ties are broken at random (numpy generator seeded with `seed`)."""
+    if n < 1 or episodes < 1:
+        raise ValueError(f"n and episodes must be >= 1, got n={n}, episodes={episodes}")
+    if len(pool) < n * episodes:
+        raise ValueError(f"a pool of {len(pool)} episodes is short of {n} x {episodes}")
+    pool = pool[: n * episodes]
+    returns = np.array([rec["return"] for rec in pool], dtype=np.float64)
+    chosen = select(returns, n, np.random.default_rng(seed))
+    records = [
+        {**pool[idx], "episode": j, "policy": f"best_of_{n}"}
+        for j, idx in enumerate(chosen.tolist())
+    ]
+    return BestOfN(
+        records=records,
+        kl=kl_best_of_n(returns, n),
+        kl_bound=kl_bound(n),
+        pool_returns=returns,
+        chosen=chosen,
+    )
+
+
 def best_of_n_episodes(
     env: ChatEnv,
     n: int,
@@ -39,37 +87,9 @@ def best_of_n_episodes(
     budget_scale: float = 1.0,
     reference: Oracle | None = None,
 ) -> BestOfN:
-    """Play n·`episodes` β episodes on `env` and keep the best of each group of n.
-
-    Episodes are played in batches of `env.n_envs` with environment seeds seed, seed + 1, ...
-    (so the pool for a larger n·`episodes` starts with the pool for a smaller one); ties in
-    a group are broken at random (numpy generator seeded with `seed`). `reference` (e.g. τ)
-    annotates every agent token as in `run_episode`.
-    """
+    """Play n·`episodes` β episodes on `env` (:func:`play_pool`) and keep the best of each
+    group of n (:func:`keep_best`)."""
     if n < 1 or episodes < 1:
         raise ValueError(f"n and episodes must be >= 1, got n={n}, episodes={episodes}")
-    base = env.base
-    obs_dim = base.feature_dim + 2
-    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, 8)
-    g = torch.Generator().manual_seed(seed)
-    need = n * episodes
-    pool: list[dict] = []
-    for i in range(math.ceil(need / env.n_envs)):
-        ep = run_episode(
-            env, actor, critic, budget=0.0, mode="expected", budget_scale=budget_scale,
-            generator=g, seed=seed + i, policy=f"best_of_{n}", reference=reference,
-        )  # fmt: skip
-        pool += ep.records
-    pool = pool[:need]
-    returns = np.array([rec["return"] for rec in pool], dtype=np.float64)
-    chosen = select(returns, n, np.random.default_rng(seed))
-    records = []
-    for j, idx in enumerate(chosen.tolist()):
-        records.append({"episode": j, **pool[idx]})
-    return BestOfN(
-        records=records,
-        kl=kl_best_of_n(returns, n),
-        kl_bound=kl_bound(n),
-        pool_returns=returns,
-        chosen=chosen,
-    )
+    pool = play_pool(env, n * episodes, seed=seed, budget_scale=budget_scale, reference=reference)
+    return keep_best(pool, n, episodes, seed=seed)

@@ -15,6 +15,7 @@ current value is saved with the checkpoint's counters (`penalty_coef`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -191,10 +192,10 @@ class Trainer:
         self.env = env or build_env(cfg)
         base = self.env.base
         obs_dim = base.feature_dim + 2
-        self.penalized = cfg.agent.kind == "penalty"
-        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=not self.penalized)
+        penalized = cfg.agent.kind == "penalty"
+        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=not penalized)
         p = cfg.penalty
-        self.penalty = controller(p.coef, p.target, p.horizon, p.clip) if self.penalized else None
+        self.penalty = controller(p.coef, p.target, p.horizon, p.clip) if penalized else None
         self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
         eps = cfg.ppo.adam_eps
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
@@ -244,7 +245,7 @@ class Trainer:
     # -- loop -----------------------------------------------------------------------------
     def budget_now(self) -> float:
         """The ramped budget; +inf for a KL-penalty agent, which has none."""
-        if self.penalized:
+        if self.penalty is not None:
             return math.inf
         b = self.cfg.budget
         progress = self.counters.agent_steps / self.cfg.train.total_agent_steps
@@ -316,7 +317,7 @@ class Trainer:
                 bar.update(len(batch))
                 last = (
                     {"coef": f"{metrics['penalty/coef']:.3g}"}
-                    if self.penalized
+                    if self.penalty is not None
                     else {"budget": f"{budget:.1f}"}
                 )
                 bar.set_postfix(
@@ -371,8 +372,7 @@ class Trainer:
         budget: float,
         seconds: float,
     ) -> dict[str, float]:
-        c = self.counters
-        first = c.episodes
+        c, before = self.counters, dataclasses.replace(self.counters)
         records = []
         for ep in episodes:
             for rec in ep.records:
@@ -406,14 +406,13 @@ class Trainer:
             "kl/episode_max": kl.max().item(),
             "kl/k1_mean": lr.mean().item(),
             "kl/k3_mean": k3.mean().item(),
-            **({} if self.penalized else budget_metrics),
+            **({} if self.penalty is not None else budget_metrics),
             "episodes/empty_turn_frac": sum(empties) / len(empties),
             **stats,
         }
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:  # nothing of this update is written, the last checkpoint stays the last
-            c.update, c.agent_steps, c.episodes = c.update - 1, c.agent_steps - steps, first
-            c.wall_s -= seconds
+            self.counters = before
             raise self._diverged(f"metric {bad[0]}")
         rf.append_jsonl(self.run_dir / "episodes.jsonl", records)
         rf.append_jsonl(self.run_dir / "metrics.jsonl", [metrics])

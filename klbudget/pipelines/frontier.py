@@ -29,7 +29,6 @@ folders under `DIR/runs/` and the best-of-n records under `DIR/best_of_n/`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -37,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from klbudget.agent.best_of_n import best_of_n_episodes
+from klbudget.agent.best_of_n import keep_best, play_pool
 from klbudget.agent.trainer import Trainer, build_env
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
-from klbudget.evaluation.records import load_episodes
+from klbudget.evaluation.records import load_episodes, load_rows
 from klbudget.evaluation.summary import set_metrics
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
 from klbudget.runs.folder import RunFolderError, atomic_write_text, jsonl_line
@@ -220,13 +219,8 @@ def _episode_kls(path: Path) -> list[float]:
 
 def _final_coef(run: Path) -> float:
     """The penalty coefficient of the last update (NaN for a budget agent)."""
-    path = run / "metrics.jsonl"
-    last = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                last = line
-    coef = json.loads(last).get("penalty/coef") if last else None
+    rows = load_rows(run / "metrics.jsonl")
+    coef = rows[-1].get("penalty/coef") if rows else None
     return float(coef) if isinstance(coef, (int, float)) else math.nan
 
 
@@ -235,11 +229,12 @@ def _best_of_n(cfg: Config, grid: Grid, world: Path, out: Path, seed: int) -> li
     env = build_env(cfg)
     oracle = tau_oracle(world, env.base, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    pool = play_pool(env, max(grid.ns) * grid.episodes, seed=seed, reference=oracle)
+    for rec in pool:
+        oracle.annotate(rec)
     rows = []
     for n in sorted(grid.ns):
-        bon = best_of_n_episodes(env, n, grid.episodes, seed=seed, reference=oracle)
-        for rec in bon.records:
-            oracle.annotate(rec)
+        bon = keep_best(pool, n, grid.episodes, seed=seed)
         lines = "".join(jsonl_line(r) for r in bon.records)
         path = out / f"episodes_best_of_{n}_L{cfg.env.length}.jsonl"
         atomic_write_text(path, lines)
