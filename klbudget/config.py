@@ -273,7 +273,8 @@ RULES: dict[str, Rule] = {
     "ppo.max_grad_norm": _pos(1e12),
     "ppo.actor_lr": _pos(1e3),
     "ppo.critic_lr": _pos(1e3),
-    "ppo.adam_eps": _pos(1e3),
+    # 2.65e-79 made the first update NaN (tests/cli/test_config_ranges.py found it).
+    "ppo.adam_eps": Rule(lo=1e-12, hi=1e3),
     "ppo.tokens_per_update": _count(1, 1_000_000_000),
     "train.total_agent_steps": _count(1, 10**15),
     "train.seed": _count(0, 2**63 - 1),

@@ -37,6 +37,7 @@ def test_every_field_has_a_rule():
     [
         ("budget", "total", math.inf, "budget.total = inf: must be a finite number"),
         ("ppo", "clip", -1.0, "ppo.clip = -1.0: must be in (0, 10]"),
+        ("ppo", "adam_eps", 2.65e-79, "ppo.adam_eps = 2.65e-79: must be in [1e-12, 1000]"),
         ("base", "alpha", 0.0, "base.alpha = 0.0: must be in (0, 1]"),
         ("train", "seed", -1, "train.seed = -1: must be in [0, "),
         ("agent", "head", "wide", "agent.head = 'wide': must be one of full|embed"),
