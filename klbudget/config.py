@@ -277,7 +277,9 @@ RULES: dict[str, Rule] = {
     "ppo.adam_eps": Rule(lo=1e-12, hi=1e3),
     "ppo.tokens_per_update": _count(1, 1_000_000_000),
     "train.total_agent_steps": _count(1, 10**15),
-    "train.seed": _count(0, 2**63 - 1),
+    # Episode seeds are train.seed * 1_000_003 + episode, and torch's generators take at most
+    # 2**63 - 1: a seed of 1.8e13 overflowed (tests/cli/test_config_ranges.py found it).
+    "train.seed": _count(0, 2**32 - 1),
     "train.checkpoint_every": _count(1, 10**9),
     "train.keep_checkpoints": _count(1, 10**6),
 }

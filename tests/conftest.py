@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from klbudget.envs.format import ChatFormat
+
+# Property tests: the same draws on every run by default, so a suite that passed keeps
+# passing; `HYPOTHESIS_PROFILE=explore pytest ...` searches new values (and records any
+# failure it finds in .hypothesis/ for replay).
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SENTENCES = [
     "Hello there, how are you today?",

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,6 +41,7 @@ def test_every_field_has_a_rule():
         ("ppo", "adam_eps", 2.65e-79, "ppo.adam_eps = 2.65e-79: must be in [1e-12, 1000]"),
         ("base", "alpha", 0.0, "base.alpha = 0.0: must be in (0, 1]"),
         ("train", "seed", -1, "train.seed = -1: must be in [0, "),
+        ("train", "seed", 18_446_688_733_644, "train.seed = 18446688733644: must be in [0, "),
         ("agent", "head", "wide", "agent.head = 'wide': must be one of full|embed"),
         ("model", "device", "gpu", "model.device = 'gpu': must match"),
         ("env", "teacher_tag", "", "env.teacher_tag = '': must not be empty"),
@@ -78,7 +80,16 @@ def refuse(token: str):
     pytest.fail(f"non-strict JSON token {token} in the records")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each draw is a short training run (~1 s). The default profile (tests/conftest.py) draws the
+# same 40 on every run; HYPOTHESIS_PROFILE=explore draws 400 new ones.
+EXPLORE = os.environ.get("HYPOTHESIS_PROFILE") == "explore"
+
+
+@settings(
+    max_examples=400 if EXPLORE else 40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(field=st.sampled_from(sorted(RULES)), value=VALUES)
 def test_any_value_trains_or_exits_2_with_one_line(tiny_model, field, value):
     with tempfile.TemporaryDirectory() as tmp:
