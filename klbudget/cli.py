@@ -167,7 +167,7 @@ def _base_train(args: argparse.Namespace) -> int:
 
 def _base_prior(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
-    from klbudget.pipelines.prior import empty_turn_costs
+    from klbudget.pipelines.prior import empty_turn_costs, speaker_survey
 
     world = Path(args.world)
     if not (world / "world.json").is_file():
@@ -179,7 +179,12 @@ def _base_prior(args: argparse.Namespace) -> int:
         raise UsageError(msg) from err
     if args.episodes < 1 or args.turns < 1 or any(f < 0 for f in firsts):
         raise UsageError("--episodes and --turns must be >= 1, --first-tau >= 0")
+    if args.speakers < 0:
+        raise UsageError("--speakers must be >= 0")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    if args.speakers:
+        print(speaker_survey(cfg, args.speakers, firsts or [0], args.episodes, args.turns, world))
+        return 0
     for first in firsts or [0]:
         res = empty_turn_costs(
             cfg, episodes=args.episodes, turns=args.turns, first_tau=first, world=world
@@ -307,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument(
         "--first-tau", default="0,3", help="comma-separated: teacher turns τ writes first"
     )
+    bp.add_argument(
+        "--speakers", type=int, default=0, metavar="K",
+        help="instead of the config's tags, K random pairs of speaker names from the "
+        "imitator's renaming pool: the median per pair and over pairs",
+    )  # fmt: skip
     _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
     bp.set_defaults(func=_base_prior)
 

@@ -149,8 +149,33 @@ def _calibration(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def run_format(run_dir: Path) -> ChatFormat:
+    """The chat format the run was played in: the tags, separator and prompt of its
+    config.toml's [env] table (defaults for a field it does not set, or without a config).
+
+    Turn boundaries, and so every per-turn metric, depend on the speakers' tags.
+    RecordError for a config.toml that is not TOML or whose format is inconsistent.
+    """
+    import tomllib
+
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return ChatFormat()
+    try:
+        env = tomllib.loads(path.read_text(encoding="utf-8")).get("env", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: invalid TOML ({e})") from e
+    keys = ("teacher_tag", "student_tag", "separator", "prompt")
+    try:
+        return ChatFormat(**{k: env[k] for k in keys if isinstance(env.get(k), str)})
+    except ValueError as e:
+        raise RecordError(f"{path}: {e}") from e
+
+
 def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = True) -> dict:
     """Every metric of SYSTEM.md §3 from the records of `run_dir` (schema in the module doc).
+
+    Turns are split with `fmt`, by default the run's own format (:func:`run_format`).
 
     With `write`, the result goes to `RUN/eval/metrics.json` (atomically: a temporary file
     in the same folder, then os.replace, so a reader never sees half a file).
@@ -159,6 +184,7 @@ def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = T
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RecordError(f"{run_dir}: not a run folder (no such directory)")
+    fmt = fmt or run_format(run_dir)
     sets = {key: load_eval_set(path, *key) for key, path in eval_files(run_dir).items()}
     result: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from klbudget.agent.best_of_n import keep_best, play_pool
-from klbudget.agent.trainer import Trainer, build_env
+from klbudget.agent.trainer import Trainer, build_env, chat_format
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import load_episodes, load_rows
@@ -238,7 +238,7 @@ def _best_of_n(cfg: Config, grid: Grid, world: Path, out: Path, seed: int) -> li
         lines = "".join(jsonl_line(r) for r in bon.records)
         path = out / f"episodes_best_of_{n}_L{cfg.env.length}.jsonl"
         atomic_write_text(path, lines)
-        ev = set_metrics(load_episodes(path))
+        ev = set_metrics(load_episodes(path), chat_format(cfg))
         row = _row("best_of_n", float(n), f"best_of_{n}", ev, None)
         row["kl_mean"] = bon.kl  # the selection's KL lives at the episode level
         row["kl_max"] = math.log(n)  # π_n/β ≤ n on every episode

@@ -132,3 +132,60 @@ def empty_turn_costs(
                 per_member[:, i, silent[i]] = math.nan
     ids = env.ids[:, : env.t].numpy().copy()
     return PriorResult(costs, first_tau, ids, starts, per_member)
+
+
+def with_speakers(cfg: Config, teacher: str, student: str) -> Config:
+    """``cfg`` with its two speaker tags replaced by ``teacher:`` and ``student:`` everywhere in
+    the chat format (the tags and the prompt), as the imitator's renamed transcripts have them."""
+    import dataclasses
+
+    e = cfg.env
+    if not teacher or not student or teacher == student:
+        raise ValueError(f"two different, non-empty names are needed, got {teacher!r}, {student!r}")
+    t, s = f"{teacher}:", f"{student}:"
+    marker = "\x00"  # so that a name equal to the other tag is not replaced twice
+    prompt = e.prompt.replace(e.teacher_tag, marker).replace(e.student_tag, s).replace(marker, t)
+    env = dataclasses.replace(e, teacher_tag=t, student_tag=s, prompt=prompt)
+    return dataclasses.replace(cfg, env=env).validate()
+
+
+def speaker_pairs(k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``k`` (teacher, student) pairs of different names, drawn (seeded) from the pool that the
+    imitator's speaker renaming uses (klbudget.world.pools.speaker_names)."""
+    from klbudget.world.imitator import N_SPEAKER_NAMES
+    from klbudget.world.pools import speaker_names
+
+    names = speaker_names(N_SPEAKER_NAMES)
+    rng = np.random.default_rng([seed, 9])
+    return [
+        (names[a], names[b])
+        for a, b in (rng.choice(len(names), size=2, replace=False) for _ in range(k))
+    ]
+
+
+def speaker_survey(
+    cfg: Config, k: int, firsts: list[int], episodes: int, turns: int, world: Path | None
+) -> str:
+    """The empty-turn prior under ``k`` random speaker pairs (:func:`speaker_pairs`): one row
+    of medians per pair and τ-prefix, then the median over pairs, as a text table."""
+    lines = []
+    for first in firsts:
+        head = f"{'teacher':>14} {'student':>14} " + " ".join(f"{'n=' + str(n):>6}" for n in
+                                                            range(1, turns + 1))  # fmt: skip
+        lines += [f"−log base of the n-th empty teacher turn, nats (median over {episodes} "
+                  f"conversations), after {first} turns of τ", head]  # fmt: skip
+        rows = []
+        for teacher, student in speaker_pairs(k):
+            res = empty_turn_costs(with_speakers(cfg, teacher, student), episodes=episodes,
+                                   turns=turns, first_tau=first, world=world)  # fmt: skip
+            med = [_median(res.costs[:, n]) for n in range(turns)]
+            rows.append(med)
+            lines.append(f"{teacher:>14} {student:>14} " + " ".join(f"{c:6.2f}" for c in med))
+        over = [_median(np.array([r[n] for r in rows])) for n in range(turns)]
+        lines.append(f"{'median over pairs':>29} " + " ".join(f"{c:6.2f}" for c in over))
+    return "\n".join(lines)
+
+
+def _median(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan

@@ -31,6 +31,7 @@ from klbudget.evaluation.summary import (
     compute_all,
     eval_files,
     from_jsonable,
+    run_format,
     to_jsonable,
     write_text_atomic,
 )
@@ -69,6 +70,7 @@ class RunData:
     metrics: dict[str, Any]  # compute_all's result, as metrics.json would hold it
     samples: list[tuple[str, Episode]] = field(default_factory=list)  # (caption, episode)
     notes: list[str] = field(default_factory=list)  # what is missing
+    fmt: ChatFormat = field(default_factory=ChatFormat)  # the chat format it was played in
 
 
 # ----------------------------------------------------------------------------- reading
@@ -91,20 +93,21 @@ def load_run(path: Path, *, fmt: ChatFormat | None = None, n_samples: int = 2) -
     else:
         notes.append("no config.toml")
     try:
+        fmt = fmt or run_format(path)
         raw = compute_all(path, fmt=fmt, write=False)
         # Round-trip through metrics.json's encoding: the report shows what the file holds.
         metrics = from_jsonable(json.loads(json.dumps(to_jsonable(raw))))
-        samples = _samples(path, n_samples)
+        samples = _samples(path, n_samples, fmt)
     except RecordError as e:
         raise ReportError(str(e)) from e
     if metrics["training"] is None:
         notes.append("no training records (episodes.jsonl, metrics.jsonl)")
     if not metrics["eval"]:
         notes.append("no eval episodes (eval/episodes_<policy>_L<length>.jsonl)")
-    return RunData(path.resolve().name, path, config, metrics, samples, notes)
+    return RunData(path.resolve().name, path, config, metrics, samples, notes, fmt)
 
 
-def _samples(path: Path, n: int) -> list[tuple[str, Episode]]:
+def _samples(path: Path, n: int, fmt: ChatFormat) -> list[tuple[str, Episode]]:
     """`n` agent episodes at the longest eval length, the one with the most empty teacher
     turns first (the silent agent's transcript, when there is one), then one base episode
     there; without eval records, the last training episode."""
@@ -114,8 +117,8 @@ def _samples(path: Path, n: int) -> list[tuple[str, Episode]]:
     if agent:
         length = agent[-1][1]
         episodes = load_episodes(files[("agent", length)])
-        silent = max(episodes, key=lambda e: empty_turn_fraction(e) or 0.0, default=None)
-        if silent is not None and (empty_turn_fraction(silent) or 0.0) > 0:
+        silent = max(episodes, key=lambda e: empty_turn_fraction(e, fmt) or 0.0, default=None)
+        if silent is not None and (empty_turn_fraction(silent, fmt) or 0.0) > 0:
             episodes = [silent, *(e for e in episodes if e is not silent)]
         out += [("eval", e) for e in episodes[:n]]
         if ("base", length) in files:
@@ -567,16 +570,17 @@ def _reward(rewards: dict[int, float], i: int) -> str:
 def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
     parts = ['<section id="transcripts"><h2>Sample transcripts</h2>', legend_html()]
     for r in runs:
+        fmt_r = fmt or r.fmt
         for source, e in r.samples:
             exact, realized = kl_to_base(e)
-            frac = empty_turn_fraction(e, fmt)
+            frac = empty_turn_fraction(e, fmt_r)
             head = (
                 f"{html_text(r.label)} · {source} · {policy_name(e.policy)}"
                 f" · L = {e.length} · episode {e.episode} · return {fmt_num(e.return_)}"
                 f" · KL(π‖β) exact {fmt_num(exact)}, realized {fmt_num(realized)}"
                 f" · empty-turn fraction {fmt_num(frac)}"
             )
-            parts.append(f"<h3>{head}</h3>{transcript_html(e, fmt)}")
+            parts.append(f"<h3>{head}</h3>{transcript_html(e, fmt_r)}")
         if not r.samples:
             parts.append(f"<p>{html_text(r.label)}: no episode records to show.</p>")
     return "".join(parts) + "</section>"

@@ -122,3 +122,31 @@ def test_errors(tmp_path: Path, run: Path) -> None:
     path.write_text('{"episode": 0}\n', encoding="utf-8")
     with pytest.raises(RecordError, match=r"episodes_base_L8\.jsonl:1: missing key"):
         compute_all(run)
+
+
+def test_turns_are_split_with_the_runs_own_speaker_tags(tmp_path: Path) -> None:
+    """A run played between named speakers: its empty turns are found with its own tags (from
+    config.toml), not the default ones, in the metrics and in the report's transcripts."""
+    from klbudget.envs.format import ChatFormat
+    from klbudget.report.html import load_run
+
+    fmt = ChatFormat(teacher_tag="Rose:", student_tag="Eve:", prompt="Eve: Hi!\n\nRose:")
+    b = EpisodeBuilder(episode=0, length=16, budget=10.0, fmt=fmt)
+    b.teacher([" Hi", fmt.to_student], kl=0.5).student([" ok", fmt.to_teacher])
+    b.teacher([fmt.to_student], kl=1.0).student([" ok", fmt.to_teacher])
+    b.teacher([fmt.to_student], kl=1.0)
+    env = {"teacher_tag": fmt.teacher_tag, "student_tag": fmt.student_tag, "prompt": fmt.prompt}
+    run = write_run(tmp_path / "named", config={"env": env},
+                    eval_episodes={("agent", 16): [b.record()]})  # fmt: skip
+    got = compute_all(run)["eval"]["agent_L16"]
+    assert got["empty_turn_frac"]["mean"] == pytest.approx(2 / 3)
+    assert [r["n"] for r in got["kl_cost_nth_empty"]] == [1, 2]
+    # The same records read with the default tags find no completed teacher turn at all.
+    default = compute_all(run, fmt=ChatFormat(), write=False)["eval"]["agent_L16"]
+    assert default["empty_turn_frac"] is None
+    data = load_run(run)
+    assert data.fmt == fmt and data.samples  # the silent episode is the one shown first
+    bad = write_run(tmp_path / "bad", config={"env": {"prompt": "no tag at the end"}},
+                    eval_episodes={("agent", 16): [b.record()]})  # fmt: skip
+    with pytest.raises(RecordError, match="teacher tag"):
+        compute_all(bad)

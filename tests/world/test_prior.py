@@ -60,3 +60,31 @@ def test_prior_command_bad_input(tiny_folder, small_dir, tmp_path) -> None:
             "--turns", "2", "--first-tau", "0", "--set", "env.length=100")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "n-th empty teacher turn" in r.stdout
+    r = run("--model", str(tiny_folder), "--world", str(small_dir), "--speakers", "-1")
+    assert r.returncode == 2 and "--speakers" in r.stderr
+
+
+def test_named_speakers(tiny_folder, small_dir) -> None:
+    """with_speakers renames both tags everywhere in the format; the survey costs the silent
+    teacher under each pair and under the renamed format τ still writes its first turns."""
+    from klbudget.pipelines.prior import speaker_pairs, speaker_survey, with_speakers
+
+    pairs = speaker_pairs(3)
+    assert pairs == speaker_pairs(3) and all(t != s for t, s in pairs)
+    cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
+    named = with_speakers(cfg, "Rose", "Eve")
+    assert named.env.teacher_tag == "Rose:" and named.env.student_tag == "Eve:"
+    assert named.env.prompt.endswith("\n\nEve: Hi! Can you help me with something?\n\nRose:")
+    assert "Teacher:" not in named.env.prompt and "Student:" not in named.env.prompt
+    swapped = with_speakers(cfg, "Student", "Teacher")  # names equal to the other tag
+    assert swapped.env.prompt.endswith("Teacher: Hi! Can you help me with something?\n\nStudent:")
+    res = empty_turn_costs(named, episodes=2, turns=2, first_tau=1, world=small_dir)
+    base = HFBase(tiny_folder)
+    fmt = ChatFormat(teacher_tag="Rose:", student_tag="Eve:", prompt=named.env.prompt)
+    teacher = [c for who, c in fmt.split_turns(base.tokenizer.decode(res.ids[0].tolist()))
+               if who == "teacher"]  # fmt: skip
+    assert load_world(small_dir).teacher.in_support(teacher[0]), teacher
+    assert len(teacher) >= 2 and teacher[1] == "", teacher
+    table = speaker_survey(cfg, 2, [0], episodes=2, turns=2, world=small_dir)
+    assert all(f"{t:>14} {s:>14}" in table for t, s in speaker_pairs(2))
+    assert "median over pairs" in table
