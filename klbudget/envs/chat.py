@@ -5,9 +5,12 @@ exactly one token to every conversation, so all transcripts always have the same
 the base model runs one forward pass per step over all of them. A conversation is either in
 the agent's (teacher's) turn, where the appended token is the agent's action, or in the
 student's turn, where the environment samples the token from the base model at the student
-temperature (0.05). A teacher turn ends when its decoded text ends with the hand-over
-"\\n\\nStudent:"; a student turn ends when its text ends with "\\n\\nTeacher:", or after
-`max_reply_tokens`, when the environment writes the hand-back itself. Each finished student
+temperature (0.05). A turn ends when its decoded text ends with the separator "\\n\\n": the
+environment then writes the next speaker's tag ("Student:" after a teacher turn, "Teacher:"
+after a student turn), so neither the agent nor a model that would name another speaker
+next can stall the chat, and the tag is never an agent action (an empty teacher turn is the
+separator alone). A student turn also ends after `max_reply_tokens`, when the environment
+writes the whole hand-back "\\n\\nTeacher:" itself. Each finished student
 reply pays (s + 1)/2 with s its sentiment. A reply cut off by the end of the episode is
 scored as it stands if it has any content. The episode ends (truncated) when the transcript
 holds `length` tokens.
@@ -115,6 +118,9 @@ class ChatEnv:
         self.device = torch.device(device)
         self.prompt_ids = self.text.encode(self.chat.prompt)
         self.to_teacher_ids = self.text.encode(self.chat.to_teacher)
+        # The tags as they tokenize after the separator (BPE may split a tag differently alone).
+        self.teacher_tag_ids = self._after_separator(self.chat.teacher_tag)
+        self.student_tag_ids = self._after_separator(self.chat.student_tag)
         if len(self.prompt_ids) >= length:
             raise ValueError(
                 f"env.length = {length}: must be longer than the prompt "
@@ -181,10 +187,18 @@ class ChatEnv:
                     turn = self.text.decode(conv.turn_ids)
                     self.teacher_turns[i].append(self.chat.teacher_content(turn))
                     self._switch(conv, ENV)
+                elif not conv.forced and conv.turn_text.endswith(self.chat.separator):
+                    # The teacher's turn is over; the student speaks next (the tag is the
+                    # environment's, not an action, so it costs no KL).
+                    conv.forced = list(self.student_tag_ids)
             elif not conv.forced:
                 if conv.turn_text.endswith(self.chat.to_teacher):
                     finished.append((i, conv.turn_start))
                     self._switch(conv, AGENT)
+                elif conv.turn_text.endswith(self.chat.separator):
+                    # The reply is over; the teacher speaks next, whatever name the model
+                    # would have written after the separator.
+                    conv.forced = list(self.teacher_tag_ids)
                 elif len(conv.turn_ids) >= self.max_reply_tokens:
                     conv.forced = list(self.to_teacher_ids)
         self.ids[:, self.t] = tokens
@@ -203,6 +217,15 @@ class ChatEnv:
         return self._obs(), reward, terminated, truncated, info
 
     # -- helpers -------------------------------------------------------------------------
+    def _after_separator(self, tag: str) -> list[int]:
+        sep, full = (
+            self.text.encode(self.chat.separator),
+            self.text.encode(self.chat.separator + tag),
+        )
+        if full[: len(sep)] == sep and self.text.decode(full[len(sep) :]) == tag:
+            return full[len(sep) :]
+        return self.text.encode(tag)
+
     def agent_turn(self) -> Tensor:
         """(N,) True where the next token is the agent's."""
         return torch.tensor([c.speaker == AGENT and not c.forced for c in self.convs])

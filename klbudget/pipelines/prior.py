@@ -2,7 +2,8 @@
 
 The diagnostic of the in-context discount. In the chat environment, after ``first_tau``
 teacher turns written by τ (a world is needed then), the teacher writes only empty turns
-(the hand-over straight after the teacher tag), while the environment writes the student's
+(the separator straight after the teacher tag; the environment writes the student's tag),
+while the environment writes the student's
 replies by sampling the base at its student temperature: the context an agent that goes
 silent meets. The cost of the n-th empty turn is
 
@@ -91,7 +92,7 @@ def empty_turn_costs(
         if world is None:
             raise ValueError("τ writes the first turns: a world folder is needed")
         oracle = tau_oracle(world, env.base, cfg)
-    empty = env.text.encode(env.chat.to_student)
+    empty = env.text.encode(env.chat.separator)  # the environment then writes the tag
     costs = np.full((episodes, turns), np.nan)
     starts = np.full((episodes, turns), -1)
     per_member = None if members is None else np.full((len(members), episodes, turns), np.nan)
@@ -124,6 +125,8 @@ def empty_turn_costs(
         if all(s >= first_tau + turns for s in started) and not any(queue):
             break
         obs, *_ = env.step(actions)
+        for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
+            queue[i] = []  # the turn is over: what is left of τ's is the environment's tag
     # A turn cut off by the end of the episode is not a whole empty turn.
     for i in range(episodes):
         if queue[i] and silent[i] >= 0:

@@ -30,9 +30,11 @@ def beta_agent_tokens(env: ChatEnv, seed: int = 5) -> collections.Counter:
     g = torch.Generator().manual_seed(0)
     ep = run_episode(env, Actor(d, a), Critic(d, 8), budget=0.0, mode="expected",
                      budget_scale=10.0, generator=g, seed=seed)  # fmt: skip
+    tag = set(env.student_tag_ids)  # written by the environment after the separator
     return collections.Counter(
-        t["id"] for r in ep.records for t in r["tokens"] if t["speaker"] == "agent"
-    )
+        t["id"] for r in ep.records for t in r["tokens"]
+        if t["speaker"] == "agent" and t["id"] not in tag
+    )  # fmt: skip
 
 
 def rare_token(counts: collections.Counter, share: float = 0.012) -> int:
@@ -74,6 +76,27 @@ def test_handover_switches_speaker_and_pays_reply(tiny_model):
             env.speaker[i, len(env.prompt_ids) : len(env.prompt_ids) + len(handover)] == AGENT
         ).all()
         assert env.speaker[i, env.t - 1] == ENV
+
+
+def test_student_reply_ends_at_the_separator(tiny_model):
+    """A student model that names the wrong speaker after the separator (as small imitators
+    do under speaker names) cannot stall the chat: the environment writes the teacher tag."""
+    env = make_env(tiny_model, n=2, length=70)
+    obs, _ = env.reset(seed=0)
+    for tok in env.text.encode(SHORT.to_student):
+        obs, *_ = env.step(torch.tensor([tok, tok]))
+    script = env.text.encode(" ok") + env.text.encode("\n\n") + env.text.encode("Student: no")
+    env._sample_student = lambda logits: torch.full(  # type: ignore[method-assign]
+        (2,), script[min(len(env.convs[0].turn_ids), len(script) - 1)]
+    )
+    total = torch.zeros(2)
+    while not obs["agent_turn"].all():
+        obs, r, *_ = env.step(torch.zeros(2, dtype=torch.long))
+        total += r
+    for i in range(2):
+        assert env.transcript(i).endswith("Student: ok\n\nTeacher:"), env.transcript(i)
+        assert "Student: no" not in env.transcript(i)
+    torch.testing.assert_close(total, torch.full((2,), 0.75))  # the reply " ok" was paid
 
 
 def test_lockstep_length_and_truncation(tiny_model):

@@ -149,7 +149,7 @@ def test_reward_penalty_enters_the_returns_not_the_records(tiny_model, estimator
 def planted_runs(fitted_tiny_model, tmp_path, runs):
     torch.set_num_threads(1)
     env = make_env(fitted_tiny_model, n=16, length=60)
-    target = rare_token(beta_agent_tokens(env))
+    target = rare_token(beta_agent_tokens(env), share=0.02)
     out = {}
     for name, penalty in runs.items():
         cfg = from_dict({
@@ -180,7 +180,7 @@ def test_penalty_keeps_kl_down(fitted_tiny_model, tmp_path):
         return sum(m["kl/episode_mean"] for m in runs[name][-2:]) / 2
 
     free, reward_k1, loss_exact = late_kl("free"), late_kl("reward_k1"), late_kl("loss_exact")
-    assert free > 15.0, free  # the free agent learned to chase the planted token
+    assert free > 8.0, free  # the free agent learned to chase the planted token (β: 0)
     assert reward_k1 < 0.5 * free, (reward_k1, free)
     assert loss_exact < 0.5 * free, (loss_exact, free)
     last = runs["reward_k1"][-1]

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+from klbudget.agent.trainer import chat_format
 from klbudget.base.hf import HFBase
 from klbudget.config import apply_overrides, preset
 from klbudget.envs.format import ChatFormat
@@ -21,7 +22,9 @@ def test_costs_match_teacher_forced_scores(tiny_folder, small_dir) -> None:
     cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
     res = empty_turn_costs(cfg, episodes=3, turns=3, first_tau=1, world=small_dir, seed=5)
     base = HFBase(tiny_folder)
-    empty = base.tokenizer("\n\nStudent:", add_special_tokens=False)["input_ids"]
+    fmt = chat_format(cfg)  # the demo preset's speakers
+    empty = base.tokenizer(fmt.to_student, add_special_tokens=False)["input_ids"]
+    sep = len(base.tokenizer("\n\n", add_special_tokens=False)["input_ids"])  # the agent's part
     logp = base.score(torch.tensor(res.ids)).numpy()  # (E, T-1): log p(x_t | x_<t) at t-1
     checked = 0
     for e in range(3):
@@ -30,13 +33,13 @@ def test_costs_match_teacher_forced_scores(tiny_folder, small_dir) -> None:
             if s < 0 or not np.isfinite(res.costs[e, n]):
                 continue
             assert res.ids[e, s : s + len(empty)].tolist() == empty
-            expected = -logp[e, s - 1 : s - 1 + len(empty)].sum()
+            expected = -logp[e, s - 1 : s - 1 + sep].sum()
             assert abs(res.costs[e, n] - expected) < 1e-3
             checked += 1
     assert checked >= 3
     # τ wrote the first teacher turn (in its support), the next ones are empty.
     world = load_world(small_dir)
-    turns = ChatFormat().split_turns(base.tokenizer.decode(res.ids[0].tolist()))
+    turns = fmt.split_turns(base.tokenizer.decode(res.ids[0].tolist()))
     teacher = [c for speaker, c in turns if speaker == "teacher"]
     assert world.teacher.in_support(teacher[0])
     assert len(teacher) >= 2 and all(c == "" for c in teacher[1:])
