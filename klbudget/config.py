@@ -39,7 +39,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class BaseConfig:
     kind: str = "single"  # "single" (model.path), "bayes" or "pessimistic" over an ensemble
-    members: str = ""  # comma-separated folders of the other ensemble members (model.path is 0)
+    # comma-separated folders of the other ensemble members (model.path is 0); "tau": τ itself
+    members: str = ""
     world: str = ""  # world folder whose τ answers help steps (kind = "pessimistic")
     alpha: float = 0.05  # plausible set: members with posterior weight >= alpha
     demo_tokens: float = 200.0  # held-out teacher tokens of demonstration evidence in the prior

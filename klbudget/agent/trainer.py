@@ -75,14 +75,21 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     from klbudget.base.ensemble import EnsembleBase, demo_log_prior
 
     paths = [m.path] + [p.strip() for p in b.members.split(",") if p.strip()]
-    members = [first] + [HFBase(p, temperature=m.temperature, device=m.device) for p in paths[1:]]
+    members: list = [first]
+    for p in paths[1:]:
+        members.append(
+            _tau_member(cfg, first) if p == TAU_MEMBER
+            else HFBase(p, temperature=m.temperature, device=m.device)
+        )  # fmt: skip
     vocab = first.tokenizer.get_vocab()
     for p, member in zip(paths[1:], members[1:], strict=True):
-        if member.tokenizer.get_vocab() != vocab:
+        if p != TAU_MEMBER and member.tokenizer.get_vocab() != vocab:
             raise ConfigError(f"base member {p} has a different tokenizer from {m.path}")
     losses = [0.0] * len(paths)
     if b.demo_tokens > 0:
-        losses = [_heldout_logloss(Path(p)) for p in paths]
+        # τ's own held-out log-loss is its entropy, which member 0's report records.
+        tau = _heldout_logloss(Path(m.path), "tau_teacher_logloss")
+        losses = [tau if p == TAU_MEMBER else _heldout_logloss(Path(p)) for p in paths]
     try:
         base = EnsembleBase(
             members, kind=b.kind, log_prior=demo_log_prior(losses, b.demo_tokens),
@@ -105,12 +112,30 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     return base, oracle.help
 
 
-def _heldout_logloss(folder: Path) -> float:
+TAU_MEMBER = "tau"  # in base.members: τ itself (the world's teacher with exact probabilities)
+
+
+def _tau_member(cfg: Config, first: HFBase):
+    """τ as an ensemble member (klbudget.world.oracle.TauBase), in member 0's tokens: the
+    realizable model class of the paper's guarantee (τ ∈ M^α gives ν_α ≤ τ)."""
+    from klbudget.world import TeacherTokenModel, load_world
+    from klbudget.world.oracle import TauBase
+
+    world = Path(cfg.base.world)
+    if not (world / "world.json").is_file():
+        raise ConfigError(f"base.members has tau but base.world = {str(world)!r} is not a world")
+    tm = TeacherTokenModel(
+        load_world(world).teacher, first.tokenizer, chat_format(cfg), first.vocab_size
+    )
+    return TauBase(tm, max_length=first.max_length)
+
+
+def _heldout_logloss(folder: Path, key: str = "imitator_teacher_logloss") -> float:
     """A member's held-out log-loss on teacher tokens, from its imitator.json."""
     from klbudget.world import read_report
 
     try:
-        return float(read_report(folder)["heldout"]["imitator_teacher_logloss"])
+        return float(read_report(folder)["heldout"][key])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"base member {folder} has no held-out log-loss in imitator.json; "

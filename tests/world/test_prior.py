@@ -91,3 +91,17 @@ def test_named_speakers(tiny_folder, small_dir) -> None:
     table = speaker_survey(cfg, 2, [0], episodes=2, turns=2, world=small_dir)
     assert all(f"{t:>14} {s:>14}" in table for t, s in speaker_pairs(2))
     assert "median over pairs" in table
+
+
+def test_tau_in_the_class_makes_silence_impossible(tiny_folder, small_dir) -> None:
+    """base.members = "tau" puts τ itself in the pessimistic class (the realizable case of the
+    guarantee, ν_α ≤ τ): τ never writes an empty turn, so under ν_α silence costs +inf, while
+    under β alone the same command gives a finite cost."""
+    sets = [f"model.path={tiny_folder}", "env.length=120", f"base.world={small_dir}"]
+    single = apply_overrides(preset("demo"), sets)
+    assert np.isfinite(empty_turn_costs(single, episodes=2, turns=1).costs).all()
+    cfg = apply_overrides(single, ["base.kind=pessimistic", "base.members=tau"]).validate()
+    res = empty_turn_costs(cfg, episodes=2, turns=1)
+    assert np.isposinf(res.costs).all(), res.costs
+    assert res.member_costs is not None and np.isfinite(res.member_costs[0]).all()
+    assert np.isposinf(res.member_costs[1]).all()  # τ's own price of the empty turn
