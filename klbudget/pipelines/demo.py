@@ -9,11 +9,12 @@
 4. each is evaluated (agent, β acting alone and τ acting, at L and 2L) and a report
    compares them.
 
-With `bases` beyond "single" (SYSTEM.md §5) an ensemble of imitators is trained too (member
-0 is β itself, the others bootstrap resamples with other seeds), and agents are trained
-against the Bayesian mixture ("bayes") and the pessimistic imitator with help
-("pessimistic") at the same budgets. `help_fractions` adds the help-rate study: ensembles
-fitted on a fraction of the demonstrations, their pessimistic base acting alone.
+With `bases` beyond "single" (SYSTEM.md §5) the model class is β, `ensemble` − 1 more
+imitators (bootstrap resamples with other seeds) and, with `tau`, τ itself (the realizable
+case of the guarantee: τ ∈ M^α gives ν_α ≤ τ); agents are trained against the Bayesian
+mixture ("bayes") and the pessimistic imitator with help ("pessimistic"). `help_fractions`
+adds the help-rate study: ensembles fitted on a fraction of the demonstrations, their
+pessimistic base acting alone.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import torch
 
 from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
-from klbudget.agent.trainer import Trainer, build_env
+from klbudget.agent.trainer import TAU_MEMBER, Trainer, build_env
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import parse_episode
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
 from klbudget.pipelines.prior import empty_turn_costs
 from klbudget.report.html import build_report
-from klbudget.runs.folder import RunFolderError, atomic_write_text
+from klbudget.runs.folder import RunFolderError, atomic_write_text, to_jsonable
 from klbudget.world import (
     ImitatorConfig,
     WorldConfig,
@@ -46,6 +47,7 @@ from klbudget.world import (
 )
 
 BASE_KINDS = ("single", "bayes", "pessimistic")
+TAU = Path(TAU_MEMBER)  # τ itself as a member of the model class
 # The failure and the fix side by side: β at two budgets, ν_α with help at the larger one.
 DEFAULT_AGENTS: tuple[tuple[str, float], ...] = (
     ("single", 10.0), ("single", 20.0), ("pessimistic", 20.0),
@@ -61,7 +63,8 @@ def run_demo(
     imitator_set: list[str] | None = None,
     train_set: list[str] | None = None,
     eval_episodes: int = 32,
-    ensemble: int = 2,
+    ensemble: int = 1,
+    tau: bool = True,
     help_fractions: tuple[float, ...] = (),
     progress: bool = True,
 ) -> list[dict]:
@@ -76,8 +79,10 @@ def run_demo(
         raise ConfigError(f"unknown base kind(s) {unknown}; known: {', '.join(BASE_KINDS)}")
     if any(not (math.isfinite(b) and b >= 0) for _, b in agents):
         raise ConfigError(f"budgets must be finite and >= 0, got {[b for _, b in agents]}")
-    if ensemble < 2 and (set(bases) - {"single"} or help_fractions):
-        raise ConfigError("an ensemble needs at least 2 members")
+    if ensemble < 1:
+        raise ConfigError(f"ensemble must be >= 1 imitators, got {ensemble}")
+    if ensemble + tau < 2 and (set(bases) - {"single"} or help_fractions):
+        raise ConfigError("an ensemble needs at least 2 members (imitators, and τ with tau)")
     if any(not 0 < f <= 1 for f in help_fractions):
         raise ConfigError(f"help fractions must be in (0, 1], got {list(help_fractions)}")
     t0 = time.perf_counter()
@@ -93,10 +98,14 @@ def run_demo(
     held = read_report(model).get("heldout", {})
     members = [model]
     if set(bases) - {"single"}:
-        say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
-        members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
+        if ensemble > 1:
+            say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
+            members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
+        members += [TAU] if tau else []
     prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases)
-    atomic_write_text(out / "prior.json", json.dumps(prior, indent=1) + "\n")
+    # Costs are +inf where a member (τ) never writes an empty turn: "inf" in strict JSON.
+    text = json.dumps(to_jsonable(prior), indent=1, allow_nan=False)
+    atomic_write_text(out / "prior.json", text + "\n")
     say(_prior_table(prior))
     runs = []
     plan = list(agents)
@@ -122,6 +131,7 @@ def run_demo(
         say(f"[3/4] help study: ensemble on {f:g} of the demonstrations", flush=True)
         part = dataclasses.replace(imit_cfg, train_fraction=f)
         folders = train_ensemble(world_dir, part, ensemble, cache, progress=progress)
+        folders += [TAU] if tau else []
         cfg = apply_overrides(base_cfg, [f"model.path={folders[0]}", "budget.total=0"])
         cfg = _with_base(cfg, "pessimistic", folders, world_dir).validate()
         row = base_alone(cfg, eval_episodes, seed=777)
@@ -157,7 +167,8 @@ def empty_turn_priors(
     rows = []
     for first in PRIOR_FIRST_TAU:
         res = empty_turn_costs(c, episodes=episodes, first_tau=first, world=world)
-        named = [("β (member 0)" if k == 0 else f"member {k}", k) for k in range(len(members))]
+        named = [("β (member 0)" if k == 0 else "τ" if members[k] == TAU else f"member {k}", k)
+                 for k in range(len(members))]  # fmt: skip
         for name, k in named if kind != "single" else named[:1]:
             part = res.member(k) if kind != "single" else res
             rows.append({"base": name, "model": members[k].name, "first_tau": first,

@@ -45,14 +45,17 @@ class PriorResult:
         return PriorResult(self.member_costs[k], self.first_tau, self.ids, self.starts)
 
     def summary(self) -> list[dict[str, float]]:
-        """Per n: median, mean, quartiles and the number of episodes that reached it."""
+        """Per n: median, mean, quartiles and the number of episodes that reached it (NaN:
+        not reached; +inf, a turn the base never writes, counts)."""
         rows = []
         for n in range(self.costs.shape[1]):
             c = self.costs[:, n]
-            c = c[np.isfinite(c)]
+            c = c[~np.isnan(c)]
             if not c.size:
                 continue
-            q1, med, q3 = np.quantile(c, [0.25, 0.5, 0.75])
+            # No interpolation when a cost is +inf (inf − inf would make the quartiles NaN).
+            method = "linear" if np.isfinite(c).all() else "inverted_cdf"
+            q1, med, q3 = np.quantile(c, [0.25, 0.5, 0.75], method=method)
             rows.append({"n": n + 1, "median": float(med), "mean": float(c.mean()),
                          "q1": float(q1), "q3": float(q3), "count": int(c.size)})  # fmt: skip
         return rows
@@ -119,9 +122,13 @@ def empty_turn_costs(
             tok = queue[i].pop(0)
             actions[i] = tok
             if silent[i] >= 0:
-                costs[i, silent[i]] -= float(obs["base_logp"][i, tok])
+                n = silent[i]
+                costs[i, n] = _add_cost(costs[i, n], -float(obs["base_logp"][i, tok]))
                 if per_member is not None:  # the members' log-probs at this position
-                    per_member[:, i, silent[i]] -= env.base.member_logp[i, :, tok].numpy()
+                    nll = -env.base.member_logp[i, :, tok].numpy()
+                    per_member[:, i, n] = [
+                        _add_cost(c, x) for c, x in zip(per_member[:, i, n], nll, strict=True)
+                    ]
         if all(s >= first_tau + turns for s in started) and not any(queue):
             break
         obs, *_ = env.step(actions)
@@ -135,6 +142,12 @@ def empty_turn_costs(
                 per_member[:, i, silent[i]] = math.nan
     ids = env.ids[:, : env.t].numpy().copy()
     return PriorResult(costs, first_tau, ids, starts, per_member)
+
+
+def _add_cost(total: float, nll: float) -> float:
+    """total + nll, where a turn that was already impossible (+inf) stays +inf whatever a
+    base says after an impossible prefix (τ's next-token law there may be undefined)."""
+    return math.inf if math.isinf(total) or math.isinf(nll) else total + nll
 
 
 def with_speakers(cfg: Config, teacher: str, student: str) -> Config:
@@ -190,5 +203,5 @@ def speaker_survey(
 
 
 def _median(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
+    x = x[~np.isnan(x)]
     return float(np.median(x)) if x.size else math.nan

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from klbudget.cli import main
+from klbudget.runs.folder import from_jsonable
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +22,11 @@ def test_demo_tiny(tmp_path, capsys):
         "--imitator-set", "steps=4", "--imitator-set", "n_embd=32", "--imitator-set", "n_head=2",
         "--imitator-set", "vocab_size=400", "--imitator-set", "eval_transcripts=4",
         "--imitator-set", "probe_samples=1", "--imitator-set", "batch_size=4",
-        "--set", "env.n_envs=4", "--set", "env.length=100", "--set", "train.total_agent_steps=200",
+        "--set", "env.n_envs=4", "--set", "env.length=120", "--set", "train.total_agent_steps=200",
         "--set", "ppo.tokens_per_update=100", "--set", "ppo.minibatch=50",
+        # A uniform prior keeps the 4-step imitators plausible beside τ (their held-out loss
+        # would otherwise leave τ alone in M^α, and ν_α = τ asks for no help).
+        "--set", "base.demo_tokens=0",
         "--bases", "single,bayes,pessimistic", "--ensemble", "2", "--help-fractions", "0.5",
     ])  # fmt: skip
     assert rc == 0
@@ -31,9 +36,12 @@ def test_demo_tiny(tmp_path, capsys):
     # The empty-turn prior: β, the other member and ν_α on the same transcripts.
     assert "cost of the n-th empty teacher turn" in text
     prior = json.loads((out / "prior.json").read_text())
-    assert {r["base"] for r in prior} == {"β (member 0)", "member 1", "ν_α + help"}
-    by_base = {(r["base"], r["first_tau"]): r["by_n"] for r in prior}
+    assert {r["base"] for r in prior} == {"β (member 0)", "member 1", "τ", "ν_α + help"}
+    by_base = {(r["base"], r["first_tau"]): from_jsonable(r["by_n"]) for r in prior}
+    assert by_base[("τ", 0)]  # (after 3 τ turns, 120 tokens leave no room for silence)
     for first in (0, 3):
+        # τ never writes an empty turn, and with τ in the class neither does ν_α.
+        assert all(row["median"] == math.inf for row in by_base[("τ", first)])
         for n, row in enumerate(by_base[("ν_α + help", first)]):
             # ν_α ≤ every plausible member pointwise, so its cost is at least theirs.
             members = [by_base[(b, first)][n]["median"] for b in ("β (member 0)", "member 1")]
@@ -41,27 +49,27 @@ def test_demo_tiny(tmp_path, capsys):
     assert (out / "report.html").is_file()
     metrics = json.loads((out / "agent_B4" / "eval" / "metrics.json").read_text())
     assert set(metrics["eval"]) == {
-        f"{p}_L{n}" for p in ("agent", "base", "tau") for n in (50, 100)
+        f"{p}_L{n}" for p in ("agent", "base", "tau") for n in (60, 120)
     }
     # τ acting: never an empty turn, never outside its own support, KL(τ‖τ) = 0.
-    tau = metrics["eval"]["tau_L100"]
+    tau = metrics["eval"]["tau_L120"]
     assert tau["empty_turn_frac"]["mean"] == 0.0
     assert tau["tau_support"]["violation_share"] == 0.0
     assert tau["tau_support"]["judged_turns"] > 0
     assert abs(tau["tau_support"]["kl_in_support_mean"]) < 1e-5
     assert tau["kl_to_base"]["over_budget_frac"] is None  # τ plays without a budget
     # Expected-mode budget: no evaluation episode of the agent exceeds 4 nats.
-    assert metrics["eval"]["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
-    assert metrics["eval"]["base_L100"]["kl_to_base"]["exact_max"] == 0.0
+    assert metrics["eval"]["agent_L120"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
+    assert metrics["eval"]["base_L120"]["kl_to_base"]["exact_max"] == 0.0
 
     # The pessimistic base: help is taken, every agent run keeps its budget against its base.
     pess = json.loads((out / "pessimistic_B4" / "eval" / "metrics.json").read_text())["eval"]
-    assert pess["base_L100"]["help_rate"] > 0
-    assert pess["tau_L100"]["tau_support"]["violation_share"] == 0.0
+    assert pess["base_L120"]["help_rate"] > 0
+    assert pess["tau_L120"]["tau_support"]["violation_share"] == 0.0
     bayes = json.loads((out / "bayes_B4" / "eval" / "metrics.json").read_text())["eval"]
-    assert bayes["base_L100"]["help_rate"] is None  # no help action in the mixture
+    assert bayes["base_L120"]["help_rate"] is None  # no help action in the mixture
     for ev in (pess, bayes):
-        assert ev["agent_L100"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
+        assert ev["agent_L120"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
     study = json.loads((out / "help_study.json").read_text())
     assert [r["fraction"] for r in study] == [0.5] and study[0]["help_rate"] > 0
     assert "Help rate and demonstration data" in (out / "report.html").read_text()
