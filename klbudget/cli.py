@@ -167,7 +167,7 @@ def _base_train(args: argparse.Namespace) -> int:
 
 def _base_prior(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
-    from klbudget.pipelines.prior import empty_turn_costs, speaker_survey
+    from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs, with_speakers
 
     world = Path(args.world)
     if not (world / "world.json").is_file():
@@ -182,6 +182,12 @@ def _base_prior(args: argparse.Namespace) -> int:
     if args.speakers < 0:
         raise UsageError("--speakers must be >= 0")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    if args.names:
+        teacher, _, student = args.names.partition(",")
+        try:
+            cfg = with_speakers(cfg, teacher.strip(), student.strip())
+        except ValueError as err:
+            raise UsageError(f"--names: {err}") from err
     if args.speakers:
         print(speaker_survey(cfg, args.speakers, firsts or [0], args.episodes, args.turns, world))
         return 0
@@ -190,6 +196,8 @@ def _base_prior(args: argparse.Namespace) -> int:
             cfg, episodes=args.episodes, turns=args.turns, first_tau=first, world=world
         )
         print(res.table(str(args.model)))
+        if args.tag:
+            print(tag_costs(cfg, res).table(f"{args.model}, the student's tag after it"))
     return 0
 
 
@@ -323,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--speakers", type=int, default=0, metavar="K",
         help="instead of the config's tags, K random pairs of speaker names from the "
         "imitator's renaming pool: the median per pair and over pairs",
+    )  # fmt: skip
+    bp.add_argument(
+        "--names", default="", metavar="TEACHER,STUDENT",
+        help="speak between these two names, not the preset's (Teacher,Student: τ's own tags)",
+    )  # fmt: skip
+    bp.add_argument(
+        "--tag", action="store_true",
+        help="also print what the student's tag after each empty turn would cost, had the "
+        "teacher to write it (the environment writes it)",
     )  # fmt: skip
     _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
     bp.set_defaults(func=_base_prior)

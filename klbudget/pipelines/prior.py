@@ -205,3 +205,23 @@ def speaker_survey(
 def _median(x: np.ndarray) -> float:
     x = x[~np.isnan(x)]
     return float(np.median(x)) if x.size else math.nan
+
+
+def tag_costs(cfg: Config, res: PriorResult) -> PriorResult:
+    """What the student's tag after each empty turn of ``res`` costs under model.path,
+    teacher-forced on the same transcripts: the price a teacher that had to write the whole
+    hand-over itself (separator and tag) would add to each empty turn."""
+    from klbudget.base.hf import HFBase
+
+    base = HFBase(cfg.model.path, temperature=cfg.model.temperature)
+    tok = base.tokenizer
+    e = cfg.env
+    sep = len(tok(e.separator, add_special_tokens=False)["input_ids"])
+    tag = len(tok(e.separator + e.student_tag, add_special_tokens=False)["input_ids"]) - sep
+    logp = base.score(torch.as_tensor(res.ids)).numpy()  # log p(x_t | x_<t) at t - 1
+    out = np.full(res.costs.shape, np.nan)
+    for i, n in zip(*np.nonzero(res.starts >= 0), strict=True):
+        s = int(res.starts[i, n]) + sep
+        if not np.isnan(res.costs[i, n]) and s + tag <= res.ids.shape[1]:
+            out[i, n] = -float(logp[i, s - 1 : s - 1 + tag].sum())
+    return PriorResult(out, res.first_tau, res.ids, res.starts)

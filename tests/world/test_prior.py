@@ -65,6 +65,13 @@ def test_prior_command_bad_input(tiny_folder, small_dir, tmp_path) -> None:
     assert "n-th empty teacher turn" in r.stdout
     r = run("--model", str(tiny_folder), "--world", str(small_dir), "--speakers", "-1")
     assert r.returncode == 2 and "--speakers" in r.stderr
+    r = run("--model", str(tiny_folder), "--world", str(small_dir), "--names", "Rose,Rose")
+    assert r.returncode == 2 and "--names" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run("--model", str(tiny_folder), "--world", str(small_dir), "--episodes", "2",
+            "--turns", "2", "--first-tau", "0", "--set", "env.length=120",
+            "--names", "Teacher,Student", "--tag")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "the student's tag after it" in r.stdout
 
 
 def test_named_speakers(tiny_folder, small_dir) -> None:
@@ -91,6 +98,27 @@ def test_named_speakers(tiny_folder, small_dir) -> None:
     table = speaker_survey(cfg, 2, [0], episodes=2, turns=2, world=small_dir)
     assert all(f"{t:>14} {s:>14}" in table for t, s in speaker_pairs(2))
     assert "median over pairs" in table
+
+
+def test_tag_costs_are_the_teacher_forced_tag(tiny_folder, small_dir) -> None:
+    """tag_costs: −log β of the student's tag right after each empty turn's separator."""
+    from klbudget.pipelines.prior import tag_costs
+
+    cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
+    res = empty_turn_costs(cfg, episodes=2, turns=2)
+    tags = tag_costs(cfg, res)
+    base = HFBase(tiny_folder)
+    fmt = chat_format(cfg)
+    sep = base.tokenizer(fmt.separator, add_special_tokens=False)["input_ids"]
+    tag = base.tokenizer(fmt.to_student, add_special_tokens=False)["input_ids"][len(sep) :]
+    logp = base.score(torch.tensor(res.ids)).numpy()
+    checked = 0
+    for e, n in zip(*np.nonzero(np.isfinite(tags.costs)), strict=True):
+        s = res.starts[e, n] + len(sep)
+        assert res.ids[e, s : s + len(tag)].tolist() == tag  # the environment wrote it
+        assert abs(tags.costs[e, n] + logp[e, s - 1 : s - 1 + len(tag)].sum()) < 1e-4
+        checked += 1
+    assert checked >= 2
 
 
 def test_tau_in_the_class_makes_silence_impossible(tiny_folder, small_dir) -> None:
