@@ -85,6 +85,12 @@ def reward_summary(episodes: Sequence[Episode]) -> dict[str, float] | None:
     return describe([e.return_ for e in episodes])
 
 
+def replies_summary(episodes: Sequence[Episode]) -> dict[str, float] | None:
+    """Paid student replies per episode (each finished reply earns one reward) and quantiles:
+    how much the student talked."""
+    return describe([float(len(e.rewards)) for e in episodes])
+
+
 def reward_over_training(episodes: Sequence[Episode], n_bins: int = 20) -> list[dict[str, float]]:
     """Quantiles (10/50/90 %) and mean of the episode return in `n_bins` consecutive groups
     of training episodes, in training order."""

@@ -18,7 +18,8 @@ metrics.json schema (version 1). A metric whose records are absent is null:
      "calibration": {"<policy>": {"loss", "tokens", "transcripts"},
                      "agent_minus_base": float | null}}
 
-    <set metrics> = "reward": STATS, "empty_turn_frac": STATS,
+    <set metrics> = "reward": STATS, "replies": STATS (paid student replies per episode),
+        "empty_turn_frac": STATS,
         "kl_cost_nth_empty": [{"n", "n_episodes", "mean", "q25", "q50", "q75"}],
         "realized_cost_nth_empty": [same, Σ log-ratio over the turn's tokens],
         "kl_to_base": {"exact": STATS, "realized": STATS, "exact_max", "over_budget_frac"},
@@ -63,6 +64,7 @@ def set_metrics(episodes: Sequence[Episode], fmt: ChatFormat | None = None) -> d
     """The per-episode-set metrics of SYSTEM.md §3 for one policy at one length."""
     return {
         "reward": m.reward_summary(episodes),
+        "replies": m.replies_summary(episodes),
         "empty_turn_frac": m.empty_turn_summary(episodes, fmt),
         "kl_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt),
         "realized_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt, realized=True),

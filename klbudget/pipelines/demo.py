@@ -244,6 +244,7 @@ def _summary(runs: list[Path]) -> list[dict]:
                 "policy": policy,
                 "L": ev["length"],
                 "return": _num(ev, "reward", "mean"),
+                "replies": _num(ev, "replies", "mean"),
                 "empty": _num(ev, "empty_turn_frac", "mean"),
                 "outside": _num(ev, "tau_support", "violation_share"),
                 "kl_base": _num(ev, "kl_to_base", "exact", "mean"),
@@ -263,6 +264,7 @@ def _num(obj: dict, *keys: str) -> float:
 
 COLUMNS = (  # key, header, width, format
     ("return", "return", 7, ".2f"),
+    ("replies", "replies", 7, ".2f"),
     ("empty", "empty", 6, ".3f"),
     ("outside", "∉supp τ", 8, ".3f"),
     ("kl_base", "KL(π‖β)", 8, ".3f"),
@@ -280,6 +282,7 @@ def _table(rows: list[dict]) -> str:
         cells = " ".join(f"{r[k]:>{w}{f}}" for k, _, w, f in cols)
         lines.append(f"{r['run']:<16} {r['policy']:<6} {r['L']:>4} {cells}")
     lines.append(
+        "replies: paid student replies per episode. "
         "∉supp τ: share of teacher turns τ could never write. KL(π‖β): exact, per episode, "
         "against the run's base (β, ξ or ν_α with help).\nKL(π‖τ)*: exact KL(π̃‖τ) summed "
         "over the agent tokens of in-support turns, π̃ = π conditioned on τ's support at each "

@@ -64,6 +64,7 @@ def test_compute_all_numbers(run: Path) -> None:
     # Episode 0: 1 of 2 completed teacher turns empty; episode 1: 3 of 4.
     assert a8["empty_turn_frac"]["mean"] == pytest.approx((1 / 2 + 3 / 4) / 2)
     assert a8["reward"]["mean"] == pytest.approx((1.0 + 2.0) / 2)
+    assert a8["replies"]["mean"] == pytest.approx((2 + 4) / 2)  # one reward per teacher turn
     assert a8["kl_to_base"]["exact"]["mean"] == pytest.approx((1.5 + 3.5) / 2)
     assert [r["n_episodes"] for r in a8["kl_cost_nth_empty"]] == [2, 1, 1]
     assert a8["ledger"] == {"empty": 4 / 6, "explain": 2 / 6}
