@@ -1,10 +1,11 @@
 """Episode and held-out records of a run folder (docs/run-folder.md), and their turns.
 
 An episode record is one transcript written token by token. Tokens carry a `speaker`:
-`prompt` (the fixed prompt), `agent` (teacher tokens the policy wrote, ending with the
-hand-over "\\n\\nStudent:") or `env` (the student's reply and the hand-back
-"\\n\\nTeacher:"). A maximal run of agent tokens is one teacher turn and a maximal run of env
-tokens is one student turn (SYSTEM.md §2, "Transcript", "Environment"). Whether a teacher turn
+`prompt` (the fixed prompt), `agent` (the teacher's turn: the policy's tokens up to the
+separator, then the student's tag the environment writes, together the hand-over
+"\\n\\nStudent:") or `env` (the student's reply and the hand-back "\\n\\nTeacher:"). A
+maximal run of agent tokens is one teacher turn and a maximal run of env tokens is one
+student turn (SYSTEM.md §2, "Transcript", "Environment"). Whether a teacher turn
 is complete or empty is decided on the decoded text with :class:`ChatFormat`, never by token
 ids (SYSTEM.md §2, "Turn detection", "Empty response").
 

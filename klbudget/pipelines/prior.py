@@ -2,10 +2,10 @@
 
 The diagnostic of the in-context discount. In the chat environment, after ``first_tau``
 teacher turns written by τ (a world is needed then), the teacher writes only empty turns
-(the separator straight after the teacher tag; the environment writes the student's tag),
-while the environment writes the student's
-replies by sampling the base at its student temperature: the context an agent that goes
-silent meets. The cost of the n-th empty turn is
+(the separator straight after the teacher tag; the environment then writes the student's
+tag), while the environment writes the student's replies by sampling the base at its
+student temperature: the context an agent that goes silent meets. The cost of the n-th
+empty turn is
 
     c_n = −Σ_{y ∈ n-th empty turn} log base(y | x_{<y})
 
