@@ -73,12 +73,14 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     if b.kind == "single":
         return first, None
     from klbudget.base.ensemble import EnsembleBase, demo_log_prior
+    from klbudget.world.oracle import TauBase, TauOracle
 
     paths = [m.path] + [p.strip() for p in b.members.split(",") if p.strip()]
+    tm = _teacher_model(cfg, first) if b.kind == "pessimistic" or TAU_MEMBER in paths else None
     members: list = [first]
     for p in paths[1:]:
         members.append(
-            _tau_member(cfg, first) if p == TAU_MEMBER
+            TauBase(tm, max_length=first.max_length) if p == TAU_MEMBER
             else HFBase(p, temperature=m.temperature, device=m.device)
         )  # fmt: skip
     vocab = first.tokenizer.get_vocab()
@@ -99,35 +101,26 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
         raise ConfigError(f"base: {err}") from err
     if b.kind != "pessimistic":
         return base, None
-    from klbudget.world import TeacherTokenModel, load_world
-    from klbudget.world.oracle import TauOracle
-
-    world = Path(b.world)
-    if not (world / "world.json").is_file():
-        raise ConfigError(f"base.world: {world} is not a world folder (no world.json)")
-    tm = TeacherTokenModel(
-        load_world(world).teacher, first.tokenizer, chat_format(cfg), first.vocab_size
-    )
     oracle = TauOracle(tm, base.num_actions, help_mode=b.help)
     return base, oracle.help
 
 
-TAU_MEMBER = "tau"  # in base.members: τ itself (the world's teacher with exact probabilities)
+# In base.members: τ itself (klbudget.world.oracle.TauBase), the realizable model class of
+# the paper's guarantee (τ ∈ M^α gives ν_α ≤ τ).
+TAU_MEMBER = "tau"
 
 
-def _tau_member(cfg: Config, first: HFBase):
-    """τ as an ensemble member (klbudget.world.oracle.TauBase), in member 0's tokens: the
-    realizable model class of the paper's guarantee (τ ∈ M^α gives ν_α ≤ τ)."""
+def _teacher_model(cfg: Config, first: HFBase):
+    """τ's token-level model of base.world in member 0's tokens and the run's chat format:
+    for the help demonstrator and for τ as a member, built once."""
     from klbudget.world import TeacherTokenModel, load_world
-    from klbudget.world.oracle import TauBase
 
     world = Path(cfg.base.world)
     if not (world / "world.json").is_file():
-        raise ConfigError(f"base.members has tau but base.world = {str(world)!r} is not a world")
-    tm = TeacherTokenModel(
+        raise ConfigError(f"base.world: {world} is not a world folder (no world.json)")
+    return TeacherTokenModel(
         load_world(world).teacher, first.tokenizer, chat_format(cfg), first.vocab_size
     )
-    return TauBase(tm, max_length=first.max_length)
 
 
 def _heldout_logloss(folder: Path, key: str = "imitator_teacher_logloss") -> float:
