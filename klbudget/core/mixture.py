@@ -17,10 +17,13 @@ linear in t (f ≈ c·α² for small α), with a bisection fallback inside a shr
 The returned α is always on the side where f(α) ≤ k, so the achieved KL never exceeds the
 target (the `expected` budget relies on this).
 
-Gradients. α is found without autograd; the differentiable α is one Newton step taken from
-the detached root, α* − (f(α*; a) − k) / f'(α*), whose value is dropped (straight-through) so the
-forward pass keeps the safe-side α*. At the root the residual is zero, so the step's
-derivative is exactly the implicit-function-theorem gradient −(∂f/∂θ − ∂k/∂θ)/f'(α*).
+Gradients. α is found without autograd; :class:`_Mixture` carries the implicit-function
+gradient dα = (dk − ∂f/∂a·da)/f'(α*) in a hand-written backward, one pass over (…, V)
+with no autograd graph of the algebra, while the forward keeps the safe-side α*.
+`_mixture_autograd` (used when log b itself needs a gradient) gets the same gradient by
+autograd: one Newton step from the detached root, α* − (f(α*; a) − k)/f'(α*), whose value
+is dropped (straight-through); at the root the residual is zero, so the step's derivative
+is exactly the implicit-function gradient. A test holds the two to rounding.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def kl_to_base(log_x: Tensor, log_b: Tensor) -> Tensor:
 
 
 def fixed_kl_mixture(
-    log_a: Tensor, log_b: Tensor, k: Tensor | float, *, iters: int = 30
+    log_a: Tensor, log_b: Tensor, k: Tensor | float, *, iters: int = 30, autograd: bool = False
 ) -> MixtureOut:
     r"""Play x = α·a + (1−α)·b with KL(x‖b) = k (α = 1 if KL(a‖b) ≤ k).
 
@@ -105,6 +108,8 @@ def fixed_kl_mixture(
         iters: cap on Newton iterations; the loop stops as soon as every row has
             |log f(α) − log k| is below 1e-6 in float32, 1e-10 in float64
             (typically 3-6 iterations from the χ² start).
+        autograd: differentiate through the algebra by autograd instead of the hand-written
+            backward (same gradient, slower; always so when log_b needs a gradient).
 
     Returns:
         MixtureOut(log_x, kl, alpha) with kl ≤ k. Differentiable in `log_a` and `k`.
@@ -117,44 +122,112 @@ def fixed_kl_mixture(
         log_a.detach().reshape(-1, v), log_b.detach().reshape(-1, v), k.detach().reshape(-1), iters
     )
     alpha_star, kl_star = alpha_star.reshape(k.shape), kl_star.reshape(k.shape)
-    zero_alpha, one_alpha = alpha_star == 0, alpha_star == 1
-    interior = ~(zero_alpha | one_alpha)
-    half = torch.full_like(alpha_star, 0.5)
-
-    differentiable = torch.is_grad_enabled() and (log_a.requires_grad or k.requires_grad)
-    if differentiable:
+    if torch.is_grad_enabled() and (log_a.requires_grad or k.requires_grad):
+        if autograd or log_b.requires_grad:
+            return _mixture_autograd(log_a, log_b, k, alpha_star, kl_star)
         # The solver normalises internally; do the same here so gradients see it too.
         log_a = log_a - torch.logsumexp(log_a, -1, keepdim=True)
         log_b = log_b - torch.logsumexp(log_b, -1, keepdim=True)
-        # One Newton step from the detached root carries the implicit-function gradient.
-        # Rows at an endpoint take a harmless α = 1/2 in the algebra so no inf reaches
-        # autograd.
-        a_s = torch.where(interior, alpha_star, half)
-        f, df = _f_and_df(log_a, log_b, a_s.log().unsqueeze(-1))
-        interior = interior & (df.detach() > 0)
-        safe_df = torch.where(interior, df.detach(), torch.ones_like(df))
-        alpha_ift = a_s - (f - k) / safe_df
-        # Value of the safe-side root α*, gradient of the IFT step.
-        alpha = torch.where(interior, alpha_star + (alpha_ift - alpha_ift.detach()), alpha_star)
-    else:
-        alpha = alpha_star
+        return MixtureOut(*_Mixture.apply(log_a, log_b, k, alpha_star, kl_star))
+    return MixtureOut(_mix(log_a, log_b, alpha_star), kl_star, alpha_star)
 
-    a_safe = torch.where(interior, alpha, half).unsqueeze(-1)
+
+def _mix(log_a: Tensor, log_b: Tensor, alpha: Tensor) -> Tensor:
+    """log(α·a + (1 − α)·b), exactly b at α = 0 and exactly a at α = 1."""
+    zero, one = (alpha == 0).unsqueeze(-1), (alpha == 1).unsqueeze(-1)
+    a_safe = torch.where(zero | one, torch.full_like(alpha.unsqueeze(-1), 0.5), alpha.unsqueeze(-1))
+    mixed = _logaddexp(a_safe.log() + log_a, torch.log1p(-a_safe) + log_b)
+    return torch.where(zero, log_b, torch.where(one, log_a, mixed))
+
+
+class _Mixture(torch.autograd.Function):
+    r"""(log_a, k) → (log x, KL(x‖b), α) at the solver's root, with a hand-written backward.
+
+    With x = α·a + (1 − α)·b, L_i = log(x_i/b_i), f(α) = KL(x_α‖b) and f'(α) = Σ (a − b)·L:
+    ∂f/∂a_i = α·L_i (φ'(δ) = log(1 + δ)), ∂log x_i/∂log a_i = α·a_i/x_i,
+    ∂log x_i/∂α = (a_i − b_i)/x_i, and on the interior dα = (dk − Σ α·L_i·da_i)/f'
+    (implicit function theorem). At α = 1, x = a and KL = Σ a·(log a − log b); at α = 0,
+    x = b and nothing depends on (a, k). One pass over (…, V), no autograd graph of the
+    solver's algebra.
+    """
+
+    @staticmethod
+    def forward(ctx, log_a, log_b, k, alpha_star, kl_star):  # noqa: ARG004
+        log_x = _mix(log_a, log_b, alpha_star)
+        ctx.save_for_backward(log_a, log_b, log_x, alpha_star)
+        ctx.mark_non_differentiable(log_b)
+        return log_x, kl_star.clone(), alpha_star.clone()
+
+    @staticmethod
+    def backward(ctx, g_x, g_kl, g_alpha):
+        log_a, log_b, log_x, alpha = ctx.saved_tensors
+        v = log_a.shape[-1]
+        shape = log_a.shape
+        log_a, log_b, log_x, g_x = (t.reshape(-1, v) for t in (log_a, log_b, log_x, g_x))
+        alpha, g_kl, g_alpha = (t.reshape(-1) for t in (alpha, g_kl, g_alpha))
+        g_a = torch.zeros_like(log_a)
+        dk = torch.zeros_like(alpha)
+        # α = 1: log x = log a and KL = Σ a·(log a − log b) (rows at α = 0 get nothing).
+        one = (alpha == 1).nonzero().squeeze(-1)
+        if one.numel():
+            la, lb = log_a[one], log_b[one]
+            a = la.exp()
+            kl_grad = torch.where(
+                a > 0, a * (la - torch.where(torch.isfinite(lb), lb, la) + 1), 0.0
+            )
+            g_a[one] = g_x[one] + g_kl[one, None] * kl_grad
+        inner = ((alpha > 0) & (alpha < 1)).nonzero().squeeze(-1)
+        if inner.numel():
+            la, lb, lx, gx = log_a[inner], log_b[inner], log_x[inner], g_x[inner]
+            al, gk = alpha[inner], g_kl[inner]
+            seen = torch.isfinite(lx)  # x_i > 0; then b_i > 0, since α < 1
+            gx = torch.where(seen, gx, 0.0)
+            a = la.exp()
+            L = torch.where(seen, lx - lb, 0.0)  # log(x/b)
+            # a/x ≤ 1/α and b/x ≤ 1/(1 − α): formed in log space, never 0/0.
+            a_over_x = torch.where(seen, (la - lx).exp(), 0.0)
+            b_over_x = torch.where(seen, (lb - lx).exp(), 0.0)
+            df = ((a - torch.where(seen, lb.exp(), 0.0)) * L).sum(-1)  # f'(α)
+            ok = df > 0
+            # Everything α feeds: log x through (a − b)/x, α itself, and KL through f'.
+            g_al = g_alpha[inner] + (gx * (a_over_x - b_over_x)).sum(-1) + gk * df
+            d_al = torch.where(ok, g_al / torch.where(ok, df, 1.0), 0.0)  # dL/dk
+            # Direct α·a/x, plus α·a·L·(∂KL/∂a share − dα's share); without f' > 0, α is held.
+            share = torch.where(ok, gk - d_al, gk).unsqueeze(-1)
+            g_a[inner] = al.unsqueeze(-1) * (gx * a_over_x + a * L * share)
+            dk[inner] = d_al
+        return g_a.reshape(shape), None, dk.reshape(shape[:-1]), None, None
+
+
+def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
+    """The same outputs and gradients through autograd of the algebra (log_b differentiable
+    too): one Newton step from the detached root carries the implicit-function gradient."""
+    log_a = log_a - torch.logsumexp(log_a, -1, keepdim=True)
+    log_b = log_b - torch.logsumexp(log_b, -1, keepdim=True)
+    zero_alpha, one_alpha = alpha_star == 0, alpha_star == 1
+    interior = ~(zero_alpha | one_alpha)
+    half = torch.full_like(alpha_star, 0.5)
+    # Rows at an endpoint take a harmless α = 1/2 in the algebra so no inf reaches autograd.
+    a_s = torch.where(interior, alpha_star, half)
+    f, df = _f_and_df(log_a, log_b, a_s.log().unsqueeze(-1))
+    interior = interior & (df.detach() > 0)
+    safe_df = torch.where(interior, df.detach(), torch.ones_like(df))
+    alpha_ift = a_s - (f - k) / safe_df
+    # Value of the safe-side root α*, gradient of the IFT step.
+    alpha = torch.where(interior, alpha_star + (alpha_ift - alpha_ift.detach()), alpha_star)
+    a_safe = torch.where(interior | ~(zero_alpha | one_alpha), alpha, half).unsqueeze(-1)
     log_alpha, log1m_alpha = a_safe.log(), torch.log1p(-a_safe)
     mixed = _logaddexp(log_alpha + log_a, log1m_alpha + log_b)
-    # Exact endpoints: at α = 0 the played distribution is the base itself.
     log_x = torch.where(
         zero_alpha.unsqueeze(-1), log_b, torch.where(one_alpha.unsqueeze(-1), log_a, mixed)
     )
-    kl = kl_star
-    if differentiable:
-        kl_mixed = _kl_terms(log_a, log_b, log_alpha, log1m_alpha).sum(-1)
-        kl_grad = torch.where(
-            zero_alpha,
-            torch.zeros_like(kl_mixed),
-            torch.where(one_alpha, kl_to_base(log_x, log_b), kl_mixed),
-        )
-        kl = kl_star + (kl_grad - kl_grad.detach())  # solver's value, exact gradient
+    kl_mixed = _kl_terms(log_a, log_b, log_alpha, log1m_alpha).sum(-1)
+    kl_grad = torch.where(
+        zero_alpha,
+        torch.zeros_like(kl_mixed),
+        torch.where(one_alpha, kl_to_base(log_x, log_b), kl_mixed),
+    )
+    kl = kl_star + (kl_grad - kl_grad.detach())  # solver's value, exact gradient
     return MixtureOut(log_x, kl, alpha)
 
 
@@ -192,33 +265,53 @@ def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[T
     d = (a - b) / b.clamp(min=1e-300)
     kr = kk[rows]
 
-    def f_df(al: Tensor) -> tuple[Tensor, Tensor]:
+    def f_df(al: Tensor, d: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         L = torch.log1p(al.unsqueeze(-1) * d)  # (R, V); 1 + αd > 0 since d ≥ −1
         s = torch.bmm(L.unsqueeze(1), w).squeeze(1)  # (R, 2)
         return s[:, 0] + al * s[:, 1], s[:, 1]
 
     tiny = 1e-300
     chi2 = (w[..., 1] * d).sum(-1).clamp(min=tiny)  # Σ b d² : f(α) ≈ α²χ²/2 for small α
-    log_k = torch.log(kr)
-    t = (0.5 * (math.log(2.0) + log_k - torch.log(chi2))).clamp(max=0.0)
-    lo = torch.full_like(t, math.log(tiny))  # bracket in t = log α: f(e^lo) ≤ k < f(e^hi)
-    hi = torch.zeros_like(t)
+    log_k_all = torch.log(kr)
+    t_all = (0.5 * (math.log(2.0) + log_k_all - torch.log(chi2))).clamp(max=0.0)
+    # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
+    lo_all = torch.full_like(t_all, math.log(tiny))
+    hi = torch.zeros_like(t_all)
+    # Rows leave the iteration once converged (a converged row stepped again can land on
+    # its own bracket end and be sent back to bisection), so each iteration costs only the
+    # rows still moving.
+    todo = torch.arange(t_all.shape[0])
+    t, lo, log_k, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), log_k_all, kr, d, w
     for _ in range(iters):
         al = t.exp()
-        f, df = f_df(al)
-        below = f <= kr
+        f, df = f_df(al, d_todo, w_todo)
+        below = f <= k_todo
         lo = torch.where(below, torch.maximum(lo, t), lo)
         hi = torch.where(below, hi, torch.minimum(hi, t))
         # Newton on h(t) = log f(e^t) − log k, with h'(t) = α f'(α) / f(α).
         h = torch.log(f.clamp(min=tiny)) - log_k
-        if bool((h.abs() < tol).all()):
+        done = h.abs() < tol
+        t_all[todo], lo_all[todo] = t, lo
+        if bool(done.all()):
             break
         slope = al * df / f.clamp(min=tiny)
         t_new = t - h / slope.clamp(min=tiny)
         bad = ~torch.isfinite(t_new) | (t_new <= lo) | (t_new >= hi) | ~(f > 0)
         t = torch.where(bad, 0.5 * (lo + hi), t_new)
-    al = t.exp()
-    f, _ = f_df(al)
+        keep = ~done
+        todo, t, lo, hi, log_k, k_todo = (
+            todo[keep],
+            t[keep],
+            lo[keep],
+            hi[keep],
+            log_k[keep],
+            k_todo[keep],
+        )
+        d_todo, w_todo = d_todo[keep], w_todo[keep]
+    else:
+        t_all[todo], lo_all[todo] = t, lo
+    al = t_all.exp()
+    f, _ = f_df(al, d, w)
     # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
     # A few rounds absorb rounding in f; the bracket's lower end is the last resort.
     for attempt in range(5):
@@ -226,8 +319,8 @@ def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[T
         if not bool(over.any()):
             break
         scaled = al * (kr / f) * (1 - 1e-10)
-        al = torch.where(over, scaled if attempt < 4 else lo.exp(), al)
-        f, _ = f_df(al)
+        al = torch.where(over, scaled if attempt < 4 else lo_all.exp(), al)
+        f, _ = f_df(al, d, w)
     alpha[rows] = al
     kl[rows] = f.clamp(min=0.0)
     return alpha.to(log_a.dtype), kl.to(log_a.dtype)

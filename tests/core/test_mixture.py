@@ -94,6 +94,42 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, (z, k), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hand_written_backward_matches_autograd_of_the_algebra(dtype):
+    """The backward the agent uses against autograd through the IFT step, on rows at α = 0
+    (k = 0), interior and α = 1 (k large), with tokens the base never emits, through a loss
+    that reads log x, the entropy, KL and α."""
+    g = torch.Generator().manual_seed(3)
+    rows, v = 64, 300
+    log_b = 3 * torch.randn(rows, v, generator=g, dtype=dtype)
+    log_b[:, :15] = -torch.inf
+    log_b = log_b.log_softmax(-1)
+    z = (2 * torch.randn(rows, v, generator=g, dtype=dtype)).requires_grad_()
+    s = torch.randn(rows, generator=g, dtype=dtype).requires_grad_()
+    weights = torch.randn(rows, v, generator=g, dtype=dtype)
+    scale = torch.tensor([0.0, 0.01, 0.3, 5.0, 100.0, 1e4], dtype=dtype).repeat(rows // 6 + 1)
+
+    def grads(reference: bool):
+        log_a = (z + log_b).log_softmax(-1)
+        k = torch.nn.functional.softplus(s) * scale[:rows]
+        out = fixed_kl_mixture(log_a, log_b, k, autograd=reference)
+        lx = out.log_x
+        p = lx.exp()
+        ent = -(p * torch.where(p > 0, lx, torch.zeros_like(lx))).sum(-1)
+        finite = torch.where(torch.isfinite(lx), lx, torch.zeros_like(lx))
+        loss = (finite * weights).sum() + ent.sum() + out.kl.pow(2).sum() + 3 * out.alpha.sum()
+        return out, torch.autograd.grad(loss, (z, s))
+
+    out, (gz, gs) = grads(False)
+    ref, (rz, rs) = grads(True)
+    interior = ((out.alpha > 0) & (out.alpha < 1)).sum()
+    assert 10 < interior < rows and (out.alpha == 1).any() and (out.alpha == 0).any()
+    assert torch.equal(out.log_x, ref.log_x) and torch.equal(out.alpha, ref.alpha)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (gz - rz).abs().max() <= tol * rz.abs().max()
+    assert (gs - rs).abs().max() <= tol * rs.abs().max()
+
+
 def test_gradient_of_k_matches_implicit_function():
     """dα/dk = 1 / f'(α) at the root."""
     log_b = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64).log()
