@@ -7,6 +7,7 @@ stderr and exit code 2; nothing already written is overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class UsageError(ValueError):
 
 def _train(args: argparse.Namespace) -> int:
     from klbudget import config as C
-    from klbudget.agent.trainer import Trainer
+    from klbudget.runs.folder import RunFolderError
 
     out = Path(args.out)
     if args.resume:
@@ -30,12 +31,68 @@ def _train(args: argparse.Namespace) -> int:
         cfg = C.load(saved, args.set)
     else:
         cfg = C.load(args.config, args.set)
-    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
-    counters = trainer.learn()
-    print(
-        f"run folder: {out}  updates: {counters.update}  agent steps: {counters.agent_steps}  "
-        f"episodes: {counters.episodes}"
-    )
+    if args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, got {args.processes}")
+    if args.processes > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--processes inside a launcher (WORLD_SIZE is set): use one of them")
+        if not args.resume and out.exists() and any(out.iterdir()):
+            raise RunFolderError(f"{out} already holds files; use --resume or choose a new --out")
+        return _launch(args.processes, C.to_toml(cfg), out, args.resume, not args.no_progress)
+    # One process, or one of those a launcher (torchrun, accelerate launch) started.
+    return _train_with(cfg, out, args.resume, not args.no_progress)
+
+
+def _launch(processes: int, config_toml: str, out: Path, resume: bool, progress: bool) -> int:
+    """`klbudget train --processes N`: N processes, one run folder; their exit code."""
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from klbudget.agent import distributed
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers
+    try:
+        distributed.launch(processes, _train_process, processes, config_toml, str(out), resume,
+                           progress)  # fmt: skip
+    except mp.ProcessExitedException as err:  # the worker has printed its one-line error
+        return int(err.exit_code) if err.exit_code and err.exit_code > 0 else 1
+    finally:
+        signal.signal(signal.SIGINT, old)
+    return 0
+
+
+def _train_process(processes: int, config_toml: str, out: str, resume: bool, progress: bool):
+    """One process of `klbudget train --processes N` (started by `distributed.launch`)."""
+    import tomllib
+
+    import torch
+
+    from klbudget import config as C
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    cfg = C.from_dict(tomllib.loads(config_toml)).validate()
+    code = _run(lambda: _train_with(cfg, Path(out), resume, progress))
+    if code:
+        sys.exit(code)
+
+
+def _train_with(cfg, out: Path, resume: bool, progress: bool) -> int:
+    from klbudget.agent import distributed
+    from klbudget.agent.trainer import Trainer
+
+    group = distributed.from_env(cfg.model.device)
+    try:
+        trainer = Trainer(cfg, out, resume=resume, progress=progress, group=group)
+        counters = trainer.learn()
+    finally:
+        distributed.close(group)
+    if group.main:
+        print(
+            f"run folder: {out}  updates: {counters.update}  agent steps: "
+            f"{counters.agent_steps}  episodes: {counters.episodes}"
+            + (f"  processes: {group.world}" if group.world > 1 else "")
+        )
     return 130 if trainer._stop else 0
 
 
@@ -281,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to create (or resume)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--processes", type=int, default=1,
+        help="data-parallel processes (gloo on CPU), each rolling out env.n_envs conversations",
+    )  # fmt: skip
     t.set_defaults(func=_train)
 
     m = sub.add_parser("models", help="prepare base models")
@@ -352,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _run(lambda: int(args.func(args)))
+
+
+def _run(fn) -> int:
+    """`fn()`'s exit code, with the CLI's errors as one line on stderr and their codes."""
     from klbudget.agent.trainer import TrainingError
     from klbudget.base.convert import ConversionError
     from klbudget.base.hf import ModelLoadError
@@ -360,13 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     from klbudget.report.html import ReportError
     from klbudget.runs.folder import RunFolderError
 
-    args = build_parser().parse_args(argv)
     bad_input = (
         UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError, ReportError,
         RecordError,
     )  # fmt: skip
     try:
-        return int(args.func(args))
+        return fn()
     except bad_input as err:
         print(f"klbudget: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

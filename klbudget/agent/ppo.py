@@ -15,12 +15,14 @@ is the KL-penalty agent's λ·mean(estimate) term (`penalty.where = "loss"`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from klbudget.agent.distributed import SINGLE, Group
 from klbudget.agent.policy import Actor, Critic, Played, entropy
 from klbudget.config import PPOConfig
 from klbudget.core.advantages import normalize
@@ -51,9 +53,47 @@ class NonFiniteError(RuntimeError):
         self.quantity = quantity
 
 
-def _check(value: Tensor, quantity: str) -> None:
-    if not bool(torch.isfinite(value).all()):
+def _check(value: Tensor, quantity: str, group: Group = SINGLE) -> None:
+    """Raise on every process when `value` is not finite on any (no process is left
+    waiting for the others' gradients)."""
+    if group.any(not bool(torch.isfinite(value).all())):
         raise NonFiniteError(quantity)
+
+
+def _step(
+    module: torch.nn.Module, opt: torch.optim.Optimizer, max_norm: float, group: Group, what: str
+) -> None:
+    """Average gradients across processes, clip their norm, check it, step."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if group.world > 1:  # every process averages the same list of buffers
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    group.mean_grads(params)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    _check(norm, what)  # the same averaged gradient on every process
+    opt.step()
+
+
+def _step_without_data(actor, critic, actor_opt, critic_opt, cfg: PPOConfig, group: Group):
+    """A process with no steps in this minibatch still joins the others' averaging."""
+    _check(torch.zeros(()), "the actor loss", group)
+    actor_opt.zero_grad(set_to_none=True)
+    _step(actor, actor_opt, cfg.max_grad_norm, group, "the actor gradient")
+    _check(torch.zeros(()), "the critic loss", group)
+    critic_opt.zero_grad(set_to_none=True)
+    _step(critic, critic_opt, cfg.max_grad_norm, group, "the critic gradient")
+
+
+def _normalize_across(x: Tensor, group: Group, eps: float = 1e-8) -> Tensor:
+    """`normalize` over the union of every process's x."""
+    s = group.sum(torch.stack([x.sum(), x.pow(2).sum(), torch.tensor(float(x.numel()))]))
+    n = s[2].item()
+    if n < 2:
+        return torch.zeros_like(x)
+    mean = s[0] / n
+    var = ((s[1] - n * mean * mean) / (n - 1)).clamp(min=0.0)
+    return ((x - mean) / (var.sqrt() + eps)).to(x.dtype)
 
 
 ExtraLoss = Callable[[Played, Batch, Tensor], Tensor]  # (played, batch, minibatch idx) → scalar
@@ -108,16 +148,35 @@ def ppo_update(
     kl_target_grad: str = "scalar",
     generator: torch.Generator,
     extra_loss: ExtraLoss | None = None,
+    group: Group = SINGLE,
 ) -> dict[str, float]:
-    """Run `cfg.epochs` passes of clipped PPO over `batch`; returns namespaced statistics."""
-    adv_all = normalize(batch.returns - batch.values_old)  # 1. advantages
+    """Run `cfg.epochs` passes of clipped PPO over `batch`; returns namespaced statistics.
+
+    With a process group (`klbudget.agent.distributed`), `batch` is this process's share:
+    advantages are normalised over every process's steps, each epoch takes the same number
+    of minibatches on every process (the steps of all of them over `cfg.minibatch`, each
+    process's share cut into that many near-equal parts), and gradients are averaged.
+    """
     m = len(batch)
+    if group.world == 1:
+        adv_all = normalize(batch.returns - batch.values_old)  # 1. advantages
+
+        def parts(perm: Tensor) -> list[Tensor]:
+            return [perm[i : i + cfg.minibatch] for i in range(0, m, cfg.minibatch)]
+    else:
+        adv_all = _normalize_across(batch.returns - batch.values_old, group)
+        n_parts = max(1, math.ceil(group.sum(torch.tensor([float(m)])).item() / cfg.minibatch))
+
+        def parts(perm: Tensor) -> list[Tensor]:
+            return list(perm.tensor_split(n_parts))
+
     sums: dict[str, float] = {}
     n_steps = 0
     for _ in range(cfg.epochs):
-        perm = torch.randperm(m, generator=generator)
-        for start in range(0, m, cfg.minibatch):
-            idx = perm[start : start + cfg.minibatch]
+        for idx in parts(torch.randperm(m, generator=generator)):
+            if idx.numel() == 0:  # this process has fewer steps than parts: zero gradients
+                _step_without_data(actor, critic, actor_opt, critic_opt, cfg, group)
+                continue
             obs, adv = batch.obs[idx], adv_all[idx]
             # 2. re-play the mixture
             played = actor(obs, batch.base_logp[idx], batch.budget_left[idx])
@@ -137,20 +196,16 @@ def ppo_update(
             if extra_loss is not None:
                 loss = loss + extra_loss(played, batch, idx)
             # 5. actor step
-            _check(loss, "the actor loss")
+            _check(loss, "the actor loss", group)
             actor_opt.zero_grad(set_to_none=True)
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
-            _check(norm, "the actor gradient")
-            actor_opt.step()
+            _step(actor, actor_opt, cfg.max_grad_norm, group, "the actor gradient")
             # 4./5. critic
             v_loss = 0.5 * (critic(obs) - batch.returns[idx]).pow(2).mean()
-            _check(v_loss, "the critic loss")
+            _check(v_loss, "the critic loss", group)
             critic_opt.zero_grad(set_to_none=True)
             v_loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-            _check(norm, "the critic gradient")
-            critic_opt.step()
+            _step(critic, critic_opt, cfg.max_grad_norm, group, "the critic gradient")
             with torch.no_grad():
                 stats = {
                     "losses/policy": pg.mean().item(),

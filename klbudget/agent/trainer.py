@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from klbudget.agent.distributed import SINGLE, Group
 from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.ppo import (
     Batch,
@@ -181,6 +182,9 @@ class Counters:
     wall_s: float = 0.0
 
 
+_RANK_STRIDE = 7_919  # seed offset between the agents' random streams in a process group
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN or infinite loss, gradient or metric); one line."""
 
@@ -197,12 +201,15 @@ class Trainer:
         env: ChatEnv | None = None,
         extra_loss: ExtraLoss | None = None,
         progress: bool = True,
+        group: Group = SINGLE,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.group = group
+        self.progress = progress and group.main
         self.extra_loss = extra_loss
-        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        fresh = not resume and group.main
+        if fresh and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise rf.RunFolderError(
                 f"{self.run_dir} already holds files; use --resume or choose a new --out"
             )
@@ -218,15 +225,17 @@ class Trainer:
         eps = cfg.ppo.adam_eps
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr, eps=eps)
-        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        # Every process starts from the same agent (the seed above) and samples its own way.
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + _RANK_STRIDE * group.rank)
         self.counters = Counters()
         self.budget_scale = max(cfg.budget.total, 1.0)
         self._stop = False
         if resume:
             self._resume()
-        else:
+        elif group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             rf.atomic_write_text(self.run_dir / "config.toml", to_toml(cfg))
+        group.barrier()
 
     # -- state ----------------------------------------------------------------------------
     def _state(self):
@@ -244,9 +253,16 @@ class Trainer:
         self.counters = Counters(c["update"], c["agent_steps"], c["episodes"], c["wall_s"])
         if self.penalty is not None and "penalty_coef" in c:
             self.penalty.value = float(c["penalty_coef"])
+        if not self.group.main:
+            # The checkpoint holds rank 0's random streams; the others start fresh ones.
+            self.gen.manual_seed(self.cfg.train.seed + _RANK_STRIDE * self.group.rank + c["update"])
+            return
         rf.truncate_logs(self.run_dir, meta["log_sizes"])
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0 of a process group; the others write nothing)."""
+        if not self.group.main:
+            return None
         c = self.counters
         counters = {
             "update": c.update,
@@ -270,15 +286,20 @@ class Trainer:
         return ramp(b.total, progress, b.ramp_fraction)
 
     def collect(self) -> tuple[list[Episode], list[float]]:
-        """Whole episodes until at least `tokens_per_update` agent steps."""
+        """Whole episodes until at least `tokens_per_update` agent steps (this process's share
+        of them in a process group)."""
         episodes, empties = [], []
         steps = 0
+        world, rank = self.group.world, self.group.rank
+        wanted = math.ceil(self.cfg.ppo.tokens_per_update / world)
         # λ as a reward penalty is paid at rollout time; as a loss term it is paid in ppo_update.
         coef = 0.0
         if self.penalty is not None and self.cfg.penalty.where == "reward":
             coef = self.penalty.value
-        while steps < self.cfg.ppo.tokens_per_update and not self._stop:
-            seed = self.cfg.train.seed * 1_000_003 + self.counters.episodes + len(episodes)
+        while steps < wanted and not self._stop:
+            # Distinct across processes and updates (counters.episodes counts conversations).
+            index = self.counters.episodes + len(episodes) * world + rank
+            seed = self.cfg.train.seed * 1_000_003 + index
             ep = run_episode(
                 self.env,
                 self.actor,
@@ -298,7 +319,7 @@ class Trainer:
 
     def learn(self, callback: Callback | None = None) -> Counters:
         total = self.cfg.train.total_agent_steps
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir) if self.group.main else None
         old_handlers = _install_stop_handlers(self)
         bar = tqdm(
             total=total, initial=min(self.counters.agent_steps, total), unit="step",
@@ -309,7 +330,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 budget = self.budget_now()
                 episodes, empties = self.collect()
-                if self._stop:
+                if self.group.any(self._stop):  # every process stops at the same update
+                    self._stop = True
                     break
                 batch = cat_batches([e.batch for e in episodes])
                 penalty_loss = None
@@ -320,19 +342,22 @@ class Trainer:
                         self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
                         self.cfg.ppo, kl_target_coef=self.cfg.agent.kl_target_coef,
                         kl_target_grad=self.cfg.agent.kl_target_grad, generator=self.gen,
-                        extra_loss=combine(self.extra_loss, penalty_loss),
+                        extra_loss=combine(self.extra_loss, penalty_loss), group=self.group,
                     )  # fmt: skip
                 except NonFiniteError as err:
                     raise self._diverged(err.quantity) from err
                 if penalty_loss is not None and penalty_loss.values:
                     vals = penalty_loss.values
                     stats["losses/kl_penalty"] = sum(vals) / len(vals)
+                stats = self._mean_stats(stats)
+                episodes, empties = self._gathered(episodes, empties)
                 stats.update(self._update_penalty(episodes))
                 metrics = self._log(episodes, empties, stats, budget, time.perf_counter() - t0)
-                for name, val in metrics.items():
-                    writer.add_scalar(name, val, self.counters.agent_steps)
-                writer.flush()
-                bar.update(len(batch))
+                if writer is not None:
+                    for name, val in metrics.items():
+                        writer.add_scalar(name, val, self.counters.agent_steps)
+                    writer.flush()
+                bar.update(sum(e.agent_steps for e in episodes))
                 last = (
                     {"coef": f"{metrics['penalty/coef']:.3g}"}
                     if self.penalty is not None
@@ -350,11 +375,44 @@ class Trainer:
                     break
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             _restore_handlers(old_handlers)
         if self._stop or self.counters.update % self.cfg.train.checkpoint_every != 0:
             self.save()
         return self.counters
+
+    def _mean_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """The update's statistics averaged over the processes of a group."""
+        if self.group.world == 1:
+            return stats
+        keys = sorted(stats)
+        total = self.group.sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
+        return {k: v / self.group.world for k, v in zip(keys, total.tolist(), strict=True)}
+
+    def _gathered(
+        self, episodes: list[Episode], empties: list[float]
+    ) -> tuple[list[Episode], list[float]]:
+        """Every process's episodes of this update (without their PPO batches), so that the
+        logs, the counters and an adaptive λ are the same on all of them."""
+        if self.group.world == 1:
+            return episodes, empties
+        fields = ("returns", "kl", "log_ratio", "k3", "kl_estimate", "penalty")
+        mine = {
+            "episodes": [
+                {"records": e.records, "agent_steps": e.agent_steps,
+                 **{f: getattr(e, f).tolist() for f in fields}}
+                for e in episodes
+            ],
+            "empties": empties,
+        }  # fmt: skip
+        out_eps, out_empties = [], []
+        for part in self.group.gather_json(mine):
+            out_empties += part["empties"]
+            for e in part["episodes"]:
+                tensors = {f: torch.tensor(e[f], dtype=torch.float32) for f in fields}
+                out_eps.append(Episode(None, e["records"], agent_steps=e["agent_steps"], **tensors))
+        return out_eps, out_empties
 
     def _update_penalty(self, episodes: list[Episode]) -> dict[str, float]:
         """Step λ's controller on this update's episodes; the penalty metrics ({} without)."""
@@ -432,8 +490,9 @@ class Trainer:
         if bad:  # nothing of this update is written, the last checkpoint stays the last
             self.counters = before
             raise self._diverged(f"metric {bad[0]}")
-        rf.append_jsonl(self.run_dir / "episodes.jsonl", records)
-        rf.append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
+        if self.group.main:
+            rf.append_jsonl(self.run_dir / "episodes.jsonl", records)
+            rf.append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
         return metrics
 
 
