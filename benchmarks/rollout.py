@@ -32,11 +32,13 @@ from klbudget.rewards.sentiment import VaderSentiment
 TINY = {"1m": dict(n_layer=2, n_embd=128, n_head=4), "10m": dict(n_layer=8, n_embd=320, n_head=8)}
 
 
-def tiny_model(size: str, out: Path) -> Path:
+def tiny_model(size: str, out: Path, tokenizer_from: str | None = None) -> Path:
     from chitchat_dataset import MessageDataset
 
     from klbudget.base.tiny import make_tiny_model
 
+    if tokenizer_from:  # an existing vocabulary (e.g. SmolLM2's 49,152 tokens)
+        return make_tiny_model(out, [], tokenizer_from=tokenizer_from, **TINY[size])
     texts = [m for _, m in zip(range(60_000), MessageDataset(), strict=False)]
     texts = [t if isinstance(t, str) else str(t) for t in texts]
     return make_tiny_model(out, texts, vocab_size=4096, **TINY[size])
@@ -103,6 +105,11 @@ def model_args(doc: str, length: int) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local Hugging Face model folder")
     src.add_argument("--tiny", choices=sorted(TINY), help="build a random model of this size")
+    p.add_argument(
+        "--tokenizer-from",
+        default=None,
+        help="with --tiny: the tokenizer (and vocabulary) of this model folder",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[16, 64])
     p.add_argument("--length", type=int, default=length)
     return p
@@ -117,7 +124,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else tiny_model(args.tiny, Path(tmp) / "m")
+        model = (
+            Path(args.model)
+            if args.model
+            else tiny_model(args.tiny, Path(tmp) / "m", args.tokenizer_from)
+        )
         name = args.model or f"random {args.tiny}"
         for b in args.batch:
             r = bench(model, b, args.length, args.episodes, args.budget)

@@ -177,7 +177,11 @@ def main() -> None:
     args = p.parse_args()
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else tiny_model(args.tiny, Path(tmp) / "m")
+        model = (
+            Path(args.model)
+            if args.model
+            else tiny_model(args.tiny, Path(tmp) / "m", args.tokenizer_from)
+        )
         name = args.model or f"random {args.tiny}"
         print(f"{name}, {args.length}-token episodes, {torch.get_num_threads()} threads")
         cols = [("head", 5), ("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 9),

@@ -4,7 +4,8 @@ Every process rolls out its own conversations with the same agent; after each ba
 gradients are averaged across processes, so the agents stay identical, and rank 0 writes the
 one run folder. A process group comes from the environment a launcher such as `torchrun`
 sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: `torchrun --nproc_per_node 2 -m klbudget
-train ...`), or from :func:`launch`, which `klbudget train --processes N` uses. One process needs none of this: :data:`SINGLE`.
+train ...`), or from :func:`launch`, which `klbudget train --processes N` uses. One
+process needs none of this: :data:`SINGLE`.
 
 What travels between processes: flat gradient buffers, a few scalars per update, and each
 update's episode records as UTF-8 JSON in byte tensors (no pickles).

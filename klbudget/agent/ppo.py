@@ -30,11 +30,30 @@ from klbudget.core.kl import ESTIMATORS, estimate
 
 
 @dataclass
+class HiddenLogp:
+    """log β at M agent steps kept as the base's last hidden state (M, d) instead of (M, A)
+    log-probs; indexing recomputes the rows asked for (`HFBase.logp_head`)."""
+
+    hidden: Tensor  # (M, d)
+    head: Callable[[Tensor], Tensor]  # (m, d) → (m, A) log β
+
+    def __getitem__(self, idx) -> Tensor:
+        return self.head(self.hidden[idx])
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    @staticmethod
+    def cat(parts: list[HiddenLogp]) -> HiddenLogp:
+        return HiddenLogp(torch.cat([p.hidden for p in parts]), parts[0].head)
+
+
+@dataclass
 class Batch:
     """Agent steps of one rollout, flattened over conversations and time."""
 
     obs: Tensor  # (M, D) agent observation
-    base_logp: Tensor  # (M, A) log β at each step
+    base_logp: Tensor | HiddenLogp  # (M, A) log β at each step, or what recomputes it
     budget_left: Tensor  # (M,) budget before the step
     actions: Tensor  # (M,) sampled action
     logp_old: Tensor  # (M,) log x_old(action)

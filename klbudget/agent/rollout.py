@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from klbudget.agent.policy import Actor, Critic, budget_input, observation
-from klbudget.agent.ppo import Batch
+from klbudget.agent.ppo import Batch, HiddenLogp
 from klbudget.core.advantages import reward_to_go
 from klbudget.core.budget import BudgetMode, spend
 from klbudget.core.kl import estimate, kl_exact, kl_k3
@@ -78,6 +78,9 @@ def run_episode(
     """
     obs, _ = env.reset(seed=seed)
     n, length = env.n_envs, env.length
+    # Keep d numbers per agent step instead of A log-probs where the base can recompute them.
+    head = env.base.logp_head() if hasattr(env.base, "logp_head") else None
+    width = getattr(env.base, "hidden_size", 0)
     budget_left = torch.full((n,), float(budget))
     kl_t = torch.zeros(n, length)
     lr_t = torch.zeros(n, length)
@@ -121,7 +124,8 @@ def run_episode(
                 active=torch.full_like(rows, spends, dtype=torch.bool),
             )
             for key, val in (
-                ("o", o), ("lb", base_logp), ("bl", seen_left), ("a", a),
+                ("o", o), ("bl", seen_left), ("a", a),
+                ("lb", base_logp if head is None else obs["features"][rows, -width:].float()),
                 ("lp", logp), ("row", rows), ("t", torch.full_like(rows, t)),
             ):  # fmt: skip
                 steps[key].append(val)
@@ -159,9 +163,10 @@ def run_episode(
     else:
         returns = torch.empty(0)
         obs_dim, n_act = 0, 0
+    lb = cat["lb"].reshape(m, n_act)
     batch = Batch(
         obs=cat["o"].reshape(m, obs_dim),
-        base_logp=cat["lb"].reshape(m, n_act),
+        base_logp=lb if head is None else HiddenLogp(lb, head),
         budget_left=cat["bl"],
         actions=cat["a"].long(),
         logp_old=cat["lp"],

@@ -31,6 +31,7 @@ from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.ppo import (
     Batch,
     ExtraLoss,
+    HiddenLogp,
     KLPenaltyLoss,
     NonFiniteError,
     combine,
@@ -166,7 +167,13 @@ def build_env(
 
 
 def cat_batches(batches: list[Batch]) -> Batch:
-    return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))
+    if len(batches) == 1:
+        return batches[0]
+
+    def cat(parts: list):
+        return HiddenLogp.cat(parts) if isinstance(parts[0], HiddenLogp) else torch.cat(parts)
+
+    return Batch(*(cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))
 
 
 def empty_turn_fraction(env: ChatEnv) -> float:

@@ -72,6 +72,7 @@ class HFBase:
         self._cache = None
         self._static = False
         self._pos = 0
+        self._head_exact: bool | None = None  # decided on the first step
 
     def output_embedding(self) -> Tensor:
         """The model's output embedding (V, d), detached: the actor's "embed" head uses it."""
@@ -81,7 +82,27 @@ class HFBase:
         logits = out.logits[:, -1, :].float()  # (B, V)
         feats = torch.cat([h[:, -1, :] for h in out.hidden_states[-N_FEATURE_LAYERS:]], -1)
         logp = torch.log_softmax(logits / self.temperature, dim=-1)
+        if self._head_exact is None:
+            again = self._logp_from_last(feats[:, -self.hidden_size :].float())
+            self._head_exact = bool((again - logp).abs().max() <= 1e-4)
         return BaseStep(env_logits=logits, logp=logp, features=feats.float())
+
+    @property
+    def hidden_size(self) -> int:
+        return self.feature_dim // N_FEATURE_LAYERS
+
+    def _logp_from_last(self, hidden: Tensor) -> Tensor:
+        logits = torch.nn.functional.linear(hidden.to(self.device), self.output_embedding())
+        return torch.log_softmax(logits / self.temperature, dim=-1)
+
+    def logp_head(self):
+        """log β from the last layer's hidden state (the last `hidden_size` features), or
+        None. Exact where the logits are a bias-free linear map of that state (GPT-2, Llama:
+        checked against the model's own log-probs on the first step), so that an agent step
+        can keep d numbers instead of V log-probs and the PPO update recompute them."""
+        if not self._head_exact:
+            return None
+        return self._logp_from_last
 
     @torch.no_grad()
     def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:

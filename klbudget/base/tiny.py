@@ -41,13 +41,21 @@ def make_tiny_model(
     n_head: int = 4,
     n_positions: int = 1024,
     seed: int = 0,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
-    """Save a random GPT-2-architecture model and its tokenizer into `out_dir`."""
+    """Save a random GPT-2-architecture model and its tokenizer into `out_dir`; with
+    `tokenizer_from` (a local model folder) its tokenizer and vocabulary instead of a BPE
+    trained on `texts`."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     out = Path(out_dir)
-    tokenizer = make_tokenizer(texts, vocab_size)
+    if tokenizer_from is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"the tokenizer in {tokenizer_from} has no end-of-text token")
+    else:
+        tokenizer = make_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=len(tokenizer),

@@ -1,0 +1,52 @@
+"""Agent steps keep the base's last hidden state (d numbers) instead of V log-probs, and the
+PPO update recomputes log β from it: the same numbers as the rollout's, far less memory."""
+
+from __future__ import annotations
+
+import torch
+
+from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.ppo import HiddenLogp
+from klbudget.agent.rollout import run_episode
+from klbudget.agent.trainer import cat_batches
+from tests.agent.test_env import make_env
+
+
+def _episode(env, seed: int = 3):
+    d, a = env.base.feature_dim + 2, env.base.num_actions
+    torch.manual_seed(0)
+    actor = Actor(d, a)
+    with torch.no_grad():
+        actor.z.weight.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(0)
+    return run_episode(env, actor, Critic(d, 8), budget=5.0, mode="expected", budget_scale=5.0,
+                       generator=g, seed=seed)  # fmt: skip
+
+
+def test_recomputed_base_logp_equals_the_rollouts(fitted_tiny_model, monkeypatch):
+    env = make_env(fitted_tiny_model, n=4, length=60)
+    compact = _episode(env)
+    assert isinstance(compact.batch.base_logp, HiddenLogp)
+    assert compact.batch.base_logp.hidden.shape == (compact.agent_steps, env.base.hidden_size)
+    monkeypatch.setattr(env.base, "logp_head", lambda: None)  # what a base without one does
+    full = _episode(env)
+    assert isinstance(full.batch.base_logp, torch.Tensor)
+    assert torch.equal(compact.batch.actions, full.batch.actions)  # the same episode
+    rows = torch.arange(compact.agent_steps)
+    torch.testing.assert_close(compact.batch.base_logp[rows], full.batch.base_logp, atol=2e-5,
+                               rtol=0)  # fmt: skip
+    # Two episodes' batches concatenate in compact form.
+    monkeypatch.undo()
+    both = cat_batches([compact.batch, _episode(env, seed=4).batch])
+    assert isinstance(both.base_logp, HiddenLogp) and len(both.base_logp) == len(both.actions)
+
+
+def test_a_base_whose_logits_are_not_its_last_state_keeps_full_log_probs(fitted_tiny_model):
+    env = make_env(fitted_tiny_model, n=2, length=40)
+    with torch.no_grad():  # an output bias: the hidden state alone no longer gives the logits
+        head = env.base.model.get_output_embeddings()
+        head.bias = torch.nn.Parameter(torch.linspace(-3, 3, head.weight.shape[0]))
+    env.base._head_exact = None  # decided again on the next step
+    ep = _episode(env)
+    assert env.base.logp_head() is None
+    assert isinstance(ep.batch.base_logp, torch.Tensor)
