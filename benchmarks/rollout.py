@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.rollout import run_episode
 from klbudget.base.hf import HFBase
 from klbudget.envs.chat import ChatEnv
@@ -67,15 +67,17 @@ class TimedBase:
         return self._timed(self.base.step, tokens)
 
 
-def bench(model_dir: Path, batch: int, length: int, episodes: int, budget: float) -> dict:
+def bench(
+    model_dir: Path, batch: int, length: int, episodes: int, budget: float, head: str = "full"
+) -> dict:
     base = TimedBase(HFBase(model_dir))
     chat = ChatFormat(prompt="Student: Hi! Can you help me?\n\nTeacher:")
     env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length, chat=chat)
     d = base.feature_dim + 2
     torch.manual_seed(0)
-    actor = Actor(d, base.num_actions)
+    actor = make_actor(d, base, head)
     with torch.no_grad():  # a trained-looking head, so the mixture solve does real work
-        actor.z.weight.normal_(0, 0.05)
+        (actor.z.weight if head == "full" else actor.proj.weight).normal_(0, 0.05)
     critic = Critic(d, 256)
     g = torch.Generator().manual_seed(0)
     run_episode(env, actor, critic, budget=budget, mode="realized", budget_scale=budget,
@@ -120,6 +122,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--budget", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--head", choices=("full", "embed"), default="full", help="actor head")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,9 +134,9 @@ def main() -> None:
         )
         name = args.model or f"random {args.tiny}"
         for b in args.batch:
-            r = bench(model, b, args.length, args.episodes, args.budget)
+            r = bench(model, b, args.length, args.episodes, args.budget, args.head)
             print(
-                f"{name} ({r['params_m']:.1f}M params) batch {b:3d}: "
+                f"{name} ({r['params_m']:.1f}M params, {args.head} head) batch {b:3d}: "
                 f"agent {r['agent_tok_s']:7.0f} tok/s  total {r['total_tok_s']:7.0f} tok/s  "
                 f"in model forward {100 * r['forward_share']:5.1f}%  "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB",

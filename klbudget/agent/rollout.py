@@ -90,7 +90,11 @@ def run_episode(
     spends = teacher is None and actor.mixture  # a penalty actor or a teacher spends nothing
     # KL(π_t‖ref_t), KL(π̃_t‖ref_t) with π̃_t conditioned on ref's support, mass outside it
     ref_t = torch.zeros(3, n, length) if reference is not None else None
-    steps: dict[str, list[Tensor]] = {k: [] for k in ("o", "lb", "bl", "a", "lp", "row", "t")}
+    # What PPO needs of each agent step, written in place into one buffer per quantity for
+    # the whole episode (allocated at the first agent step): no per-step allocations that
+    # outlive the step, which would pin the allocator's heap between large transient ones.
+    store: dict[str, Tensor] = {}
+    taken = torch.zeros(n, length, dtype=torch.bool)
     last_agent_t = torch.full((n,), -1, dtype=torch.long)
     left_t[:, : env.t] = float(budget)
     while True:
@@ -123,12 +127,16 @@ def run_episode(
                 kl=kl,
                 active=torch.full_like(rows, spends, dtype=torch.bool),
             )
-            for key, val in (
-                ("o", o), ("bl", seen_left), ("a", a),
-                ("lb", base_logp if head is None else obs["features"][rows, -width:].float()),
-                ("lp", logp), ("row", rows), ("t", torch.full_like(rows, t)),
-            ):  # fmt: skip
-                steps[key].append(val)
+            keep = {
+                "o": o, "bl": seen_left, "a": a, "lp": logp,
+                "lb": base_logp if head is None else obs["features"][rows, -width:].float(),
+            }  # fmt: skip
+            if not store:
+                store = {k: torch.empty((n, length, *v.shape[1:]), dtype=v.dtype)
+                         for k, v in keep.items()}  # fmt: skip
+            for key, val in keep.items():
+                store[key][rows, t] = val
+            taken[rows, t] = True
             kl_t[rows, t] = kl
             lr_t[rows, t] = log_ratio
             est_t[rows, t] = estimate(estimator, log_ratio, kl).float()
@@ -152,15 +160,13 @@ def run_episode(
     else:
         penalty_t = torch.zeros_like(est_t)
         rtg = reward_to_go(rewards_t, agent_mask)
-    cat = {k: torch.cat(v) if v else torch.empty(0) for k, v in steps.items()}
-    m = int(cat["a"].numel())
-    if m:
-        # Steps were gathered time-major; order them (row, time) for readability.
-        order = torch.argsort(cat["row"] * length + cat["t"])
-        cat = {k: v[order] for k, v in cat.items()}
-        returns = rtg[cat["row"], cat["t"]]
+    m = int(taken.sum())
+    if m:  # boolean indexing reads them row-major: (conversation, time)
+        cat = {k: v[taken] for k, v in store.items()}
+        returns = rtg[taken]
         obs_dim, n_act = cat["o"].shape[-1], cat["lb"].shape[-1]
     else:
+        cat = {k: torch.empty(0) for k in ("o", "lb", "bl", "a", "lp")}
         returns = torch.empty(0)
         obs_dim, n_act = 0, 0
     lb = cat["lb"].reshape(m, n_act)

@@ -136,7 +136,9 @@ def _mix(log_a: Tensor, log_b: Tensor, alpha: Tensor) -> Tensor:
     """log(α·a + (1 − α)·b), exactly b at α = 0 and exactly a at α = 1."""
     zero, one = (alpha == 0).unsqueeze(-1), (alpha == 1).unsqueeze(-1)
     a_safe = torch.where(zero | one, torch.full_like(alpha.unsqueeze(-1), 0.5), alpha.unsqueeze(-1))
-    mixed = _logaddexp(a_safe.log() + log_a, torch.log1p(-a_safe) + log_b)
+    # No gradient flows through here (autograd uses _mixture_autograd), so the plain
+    # logaddexp serves: it is -inf where both are.
+    mixed = torch.logaddexp(a_safe.log() + log_a, torch.log1p(-a_safe) + log_b)
     return torch.where(zero, log_b, torch.where(one, log_a, mixed))
 
 
@@ -277,9 +279,9 @@ def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[T
     # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
     lo_all = torch.full_like(t_all, math.log(tiny))
     hi = torch.zeros_like(t_all)
-    # Rows leave the iteration once converged (a converged row stepped again can land on
-    # its own bracket end and be sent back to bisection), so each iteration costs only the
-    # rows still moving.
+    # A converged row stays where it is (stepped again, it can land on its own bracket end
+    # and be sent back to bisection), and once a quarter of the rows have converged the
+    # rest are copied out, so that iterations cost only the rows still moving.
     todo = torch.arange(t_all.shape[0])
     t, lo, log_k, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), log_k_all, kr, d, w
     for _ in range(iters):
@@ -297,17 +299,18 @@ def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[T
         slope = al * df / f.clamp(min=tiny)
         t_new = t - h / slope.clamp(min=tiny)
         bad = ~torch.isfinite(t_new) | (t_new <= lo) | (t_new >= hi) | ~(f > 0)
-        t = torch.where(bad, 0.5 * (lo + hi), t_new)
+        t = torch.where(done, t, torch.where(bad, 0.5 * (lo + hi), t_new))
         keep = ~done
-        todo, t, lo, hi, log_k, k_todo = (
-            todo[keep],
-            t[keep],
-            lo[keep],
-            hi[keep],
-            log_k[keep],
-            k_todo[keep],
-        )
-        d_todo, w_todo = d_todo[keep], w_todo[keep]
+        if int(keep.sum()) <= 0.75 * keep.numel():  # copy the rows only when it pays
+            todo, t, lo, hi, log_k, k_todo = (
+                todo[keep],
+                t[keep],
+                lo[keep],
+                hi[keep],
+                log_k[keep],
+                k_todo[keep],
+            )
+            d_todo, w_todo = d_todo[keep], w_todo[keep]
     else:
         t_all[todo], lo_all[todo] = t, lo
     al = t_all.exp()
