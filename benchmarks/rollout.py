@@ -6,7 +6,9 @@
 Prints, per batch size: agent tokens/s, total tokens/s (all conversations, prompt
 excluded), the share of rollout wall time inside the base model's forward passes (the
 rest is the actor head, the fixed-KL mixture solve, sampling, tag detection, reward and
-book-keeping), and peak RSS.
+book-keeping), and peak RSS (of the rollout: measured before the model-alone runs); then
+the same model decoding alone over the same positions (batched, preallocated KV cache:
+forward only, and forward + one inverse-CDF draw per row) and the ratios.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -101,6 +103,39 @@ def bench(
     }
 
 
+@torch.no_grad()
+def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+    """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling."""
+    from transformers import StaticCache
+
+    from klbudget.base.hf import load_local
+    from klbudget.core.sampling import sample_categorical
+    from klbudget.envs.format import DEFAULT_PROMPT
+
+    model, tok = load_local(model_dir)
+    prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
+    p = prompt.shape[1]
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for sample in (False, True):
+        rates = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            cache = StaticCache(config=model.config, max_cache_len=length)
+            t0 = time.perf_counter()
+            o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                      cache_position=torch.arange(p))  # fmt: skip
+            nxt = torch.zeros(batch, dtype=torch.long)
+            for pos in range(p, length):
+                logits = o.logits[:, -1].float()
+                if sample:
+                    nxt = sample_categorical(torch.log_softmax(logits, -1), g)
+                o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                          cache_position=torch.tensor([pos]))  # fmt: skip
+            rates.append(batch * (length - p) / (time.perf_counter() - t0))
+        out["sample" if sample else "forward"] = statistics.median(rates[1:])
+    return out
+
+
 def model_args(doc: str, length: int) -> argparse.ArgumentParser:
     """A parser with the model source (--model folder or --tiny size), --batch and --length."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -135,11 +170,16 @@ def main() -> None:
         name = args.model or f"random {args.tiny}"
         for b in args.batch:
             r = bench(model, b, args.length, args.episodes, args.budget, args.head)
+            alone = model_alone(model, b, args.length, args.episodes)
+            fwd = alone["forward"]
             print(
                 f"{name} ({r['params_m']:.1f}M params, {args.head} head) batch {b:3d}: "
                 f"agent {r['agent_tok_s']:7.0f} tok/s  total {r['total_tok_s']:7.0f} tok/s  "
                 f"in model forward {100 * r['forward_share']:5.1f}%  "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB",
+                f"peak RSS {r['peak_rss_mb']:.0f} MB\n"
+                f"    model alone: forward {alone['forward']:7.0f} tok/s, with a draw "
+                f"{alone['sample']:7.0f} tok/s; agent / forward {r['agent_tok_s'] / fwd:.2f}, "
+                f"total / forward {r['total_tok_s'] / fwd:.2f}",
                 flush=True,
             )
 

@@ -32,44 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout import TimedBase, model_args, tiny_model  # noqa: E402
+from rollout import TimedBase, model_alone, model_args, tiny_model  # noqa: E402
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@torch.no_grad()
-def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
-    """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling."""
-    from transformers import StaticCache
-
-    from klbudget.base.hf import load_local
-    from klbudget.core.sampling import sample_categorical
-    from klbudget.envs.format import DEFAULT_PROMPT
-
-    model, tok = load_local(model_dir)
-    prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
-    p = prompt.shape[1]
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for sample in (False, True):
-        rates = []
-        for _ in range(reps + 1):  # the first is a warm-up
-            cache = StaticCache(config=model.config, max_cache_len=length)
-            t0 = time.perf_counter()
-            o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                      cache_position=torch.arange(p))  # fmt: skip
-            nxt = torch.zeros(batch, dtype=torch.long)
-            for pos in range(p, length):
-                logits = o.logits[:, -1].float()
-                if sample:
-                    nxt = sample_categorical(torch.log_softmax(logits, -1), g)
-                o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
-                          cache_position=torch.tensor([pos]))  # fmt: skip
-            rates.append(batch * (length - p) / (time.perf_counter() - t0))
-        out["sample" if sample else "forward"] = statistics.median(rates[1:])
-    return out
 
 
 def rollout(model_dir: Path, batch: int, length: int, reps: int, head: str) -> dict[str, float]:

@@ -140,7 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(
         Path(args.out), agents=tuple(agents), cache=Path(args.cache),
         world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
-        eval_episodes=args.eval_episodes, ensemble=args.ensemble, tau=args.tau,
+        eval_episodes=args.eval_episodes, ensemble=args.ensemble, tau=not args.no_tau,
         help_fractions=numbers("--help-fractions", args.help_fractions),
     )  # fmt: skip
     return 0
@@ -294,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated base kinds, crossed with --budgets (instead of --agents)",
     )  # fmt: skip
     d.add_argument(
-        "--ensemble", type=int, default=2,
+        "--ensemble", type=int, default=1,
         help="imitators in the model class of bayes and pessimistic (β, K-1 bootstrap resamples)",
     )  # fmt: skip
     d.add_argument(
-        "--tau", action="store_true",
-        help="put τ itself in the model class too (the realizable case: ν_α ≤ τ)",
+        "--no-tau", action="store_true",
+        help="leave τ itself out of the model class (by default it is a member: ν_α ≤ τ)",
     )  # fmt: skip
     d.add_argument(
         "--help-fractions", default="",

@@ -63,8 +63,8 @@ def run_demo(
     imitator_set: list[str] | None = None,
     train_set: list[str] | None = None,
     eval_episodes: int = 32,
-    ensemble: int = 2,
-    tau: bool = False,
+    ensemble: int = 1,
+    tau: bool = True,
     help_fractions: tuple[float, ...] = (),
     progress: bool = True,
 ) -> list[dict]:

@@ -27,7 +27,7 @@ def test_demo_tiny(tmp_path, capsys):
         # A uniform prior keeps the 4-step imitators plausible beside τ (their held-out loss
         # would otherwise leave τ alone in M^α, and ν_α = τ asks for no help).
         "--set", "base.demo_tokens=0",
-        "--bases", "single,bayes,pessimistic", "--ensemble", "2", "--tau", "--help-fractions", "0.5",
+        "--bases", "single,bayes,pessimistic", "--ensemble", "2", "--help-fractions", "0.5",
     ])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
