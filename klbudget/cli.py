@@ -21,7 +21,7 @@ class UsageError(ValueError):
 
 def _train(args: argparse.Namespace) -> int:
     from klbudget import config as C
-    from klbudget.runs.folder import RunFolderError
+    from klbudget.runs.folder import require_new
 
     out = Path(args.out)
     if args.resume:
@@ -36,21 +36,24 @@ def _train(args: argparse.Namespace) -> int:
     if args.processes > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError("--processes inside a launcher (WORLD_SIZE is set): use one of them")
-        if not args.resume and out.exists() and any(out.iterdir()):
-            raise RunFolderError(f"{out} already holds files; use --resume or choose a new --out")
+        if not args.resume:
+            require_new(out)
         return _launch(args.processes, C.to_toml(cfg), out, args.resume, not args.no_progress)
-    # One process, or one of those a launcher (torchrun, accelerate launch) started.
+    # One process, or one of those a launcher (torchrun) started.
     return _train_with(cfg, out, args.resume, not args.no_progress)
 
 
 def _launch(processes: int, config_toml: str, out: Path, resume: bool, progress: bool) -> int:
     """`klbudget train --processes N`: N processes, one run folder; their exit code."""
+    import logging
     import signal
 
     import torch.multiprocessing as mp
 
     from klbudget.agent import distributed
 
+    # The worker that failed has said why in one line; not also how the others were stopped.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers
     try:
         distributed.launch(processes, _train_process, processes, config_toml, str(out), resume,
@@ -72,7 +75,9 @@ def _train_process(processes: int, config_toml: str, out: str, resume: bool, pro
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     cfg = C.from_dict(tomllib.loads(config_toml)).validate()
-    code = _run(lambda: _train_with(cfg, Path(out), resume, progress))
+    # Bad input is the same for every process: rank 0 alone reports it.
+    quiet = os.environ.get("RANK", "0") != "0"
+    code = _run(lambda: _train_with(cfg, Path(out), resume, progress), quiet=quiet)
     if code:
         sys.exit(code)
 
@@ -417,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     return _run(lambda: int(args.func(args)))
 
 
-def _run(fn) -> int:
-    """`fn()`'s exit code, with the CLI's errors as one line on stderr and their codes."""
+def _run(fn, quiet: bool = False) -> int:
+    """`fn()`'s exit code, with the CLI's errors as one line on stderr (none when `quiet`)
+    and their codes."""
     from klbudget.agent.trainer import TrainingError
     from klbudget.base.convert import ConversionError
     from klbudget.base.hf import ModelLoadError
@@ -434,10 +440,12 @@ def _run(fn) -> int:
     try:
         return fn()
     except bad_input as err:
-        print(f"klbudget: error: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"klbudget: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as err:
-        print(f"klbudget: error: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"klbudget: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("klbudget: interrupted", file=sys.stderr)

@@ -215,11 +215,8 @@ class Trainer:
         self.group = group
         self.progress = progress and group.main
         self.extra_loss = extra_loss
-        fresh = not resume and group.main
-        if fresh and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise rf.RunFolderError(
-                f"{self.run_dir} already holds files; use --resume or choose a new --out"
-            )
+        if not resume and group.main:
+            rf.require_new(self.run_dir)
         torch.manual_seed(cfg.train.seed)
         self.env = env or build_env(cfg)
         base = self.env.base

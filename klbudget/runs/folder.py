@@ -28,6 +28,12 @@ class RunFolderError(ValueError):
     """A run folder or checkpoint that cannot be used."""
 
 
+def require_new(run_dir: Path) -> None:
+    """Refuse to start a run in a folder that already holds files (nothing is touched)."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunFolderError(f"{run_dir} already holds files; use --resume or choose a new --out")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as fh:
