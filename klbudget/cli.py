@@ -78,8 +78,11 @@ def _train_process(processes: int, config_toml: str, out: str, resume: bool, pro
     # Bad input is the same for every process: rank 0 alone reports it.
     quiet = os.environ.get("RANK", "0") != "0"
     code = _run(lambda: _train_with(cfg, Path(out), resume, progress), quiet=quiet)
-    if code:
-        sys.exit(code)
+    # Leave without the interpreter's teardown: gloo's threads can abort it ("terminate
+    # called without an active exception") after the run folder is complete.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _train_with(cfg, out: Path, resume: bool, progress: bool) -> int:
