@@ -103,6 +103,7 @@ class PPOConfig:
     critic_lr: float = 1e-4  # Adam learning rate of the critic
     adam_eps: float = 1e-8  # Adam ε; larger values damp coordinates whose gradients are noise
     tokens_per_update: int = 8000  # agent tokens collected between updates
+    gae_lambda: float = 1.0  # λ of the λ-return (1: the Monte-Carlo return, as in the paper)
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ RULES: dict[str, Rule] = {
     # 2.65e-79 made the first update NaN (tests/cli/test_config_ranges.py found it).
     "ppo.adam_eps": Rule(lo=1e-12, hi=1e3),
     "ppo.tokens_per_update": _count(1, 1_000_000_000),
+    "ppo.gae_lambda": _nonneg(1.0),
     "train.total_agent_steps": _count(1, 10**15),
     # Episode seeds are train.seed * 1_000_003 + episode, and torch's generators take at most
     # 2**63 - 1: a seed of 1.8e13 overflowed (tests/cli/test_config_ranges.py found it).

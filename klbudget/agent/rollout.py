@@ -25,7 +25,7 @@ from torch import Tensor
 
 from klbudget.agent.policy import Actor, Critic, budget_input, observation
 from klbudget.agent.ppo import Batch, HiddenLogp
-from klbudget.core.advantages import reward_to_go
+from klbudget.core.advantages import lambda_return, reward_to_go
 from klbudget.core.budget import BudgetMode, spend
 from klbudget.core.kl import estimate, kl_exact, kl_k3
 from klbudget.core.sampling import sample_categorical
@@ -63,13 +63,15 @@ def run_episode(
     reference: Oracle | None = None,
     penalty_coef: float = 0.0,
     estimator: str = "k1",
+    gae_lambda: float = 1.0,
 ) -> Episode:
     """Play one episode; `budget` = 0 makes a budget agent play the base policy exactly.
 
     A KL-penalty actor plays π whatever `budget` is (pass `math.inf`: it has none).
     `penalty_coef` = λ > 0 subtracts λ·est_t from each agent step's reward in the returns
     PPO learns from (not from the records), with est_t the `estimator`'s KL estimate for
-    the sampled token ("k1", "k2", "k3" or "exact").
+    the sampled token ("k1", "k2", "k3" or "exact"). `gae_lambda` < 1 makes the batch's
+    returns the λ-returns (`klbudget.core.advantages.lambda_return`) under the critic.
 
     `teacher`, when given, plays instead of the actor (e.g. τ itself: its KL to β is
     recorded, no budget is spent). `reference`, when given, annotates every agent token
@@ -154,21 +156,26 @@ def run_episode(
 
     agent_mask = env.speaker == AGENT  # (N, T)
     est_t = torch.where(agent_mask, est_t, torch.zeros_like(est_t))
-    if penalty_coef:  # (never 0·inf: a teacher outside β's support has an infinite estimate)
-        penalty_t = penalty_coef * est_t
-        rtg = reward_to_go(rewards_t - penalty_t, agent_mask)
-    else:
-        penalty_t = torch.zeros_like(est_t)
-        rtg = reward_to_go(rewards_t, agent_mask)
+    # (never 0·inf: a teacher outside β's support has an infinite estimate)
+    penalty_t = penalty_coef * est_t if penalty_coef else torch.zeros_like(est_t)
     m = int(taken.sum())
     if m:  # boolean indexing reads them row-major: (conversation, time)
         cat = {k: v[taken] for k, v in store.items()}
-        returns = rtg[taken]
         obs_dim, n_act = cat["o"].shape[-1], cat["lb"].shape[-1]
+        # One batched critic pass here instead of one per step in the loop.
+        values = critic(cat["o"].reshape(m, obs_dim))
     else:
         cat = {k: torch.empty(0) for k in ("o", "lb", "bl", "a", "lp")}
-        returns = torch.empty(0)
         obs_dim, n_act = 0, 0
+        values = torch.empty(0)
+    task = rewards_t - penalty_t if penalty_coef else rewards_t
+    if gae_lambda < 1.0:  # every reward sits on a step the actor took (last_agent_t)
+        v_grid = torch.zeros_like(rewards_t)
+        v_grid[taken] = values.to(v_grid.dtype)
+        rtg = lambda_return(task, v_grid, taken, gae_lambda)
+    else:
+        rtg = reward_to_go(task, agent_mask)
+    returns = rtg[taken] if m else torch.empty(0)
     lb = cat["lb"].reshape(m, n_act)
     batch = Batch(
         obs=cat["o"].reshape(m, obs_dim),
@@ -176,8 +183,7 @@ def run_episode(
         budget_left=cat["bl"],
         actions=cat["a"].long(),
         logp_old=cat["lp"],
-        # One batched critic pass here instead of one per step in the loop.
-        values_old=critic(cat["o"].reshape(m, obs_dim)) if m else torch.empty(0),
+        values_old=values,
         returns=returns,
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))

@@ -315,6 +315,7 @@ class Trainer:
                 seed=seed,
                 penalty_coef=coef,
                 estimator=self.cfg.penalty.estimator,
+                gae_lambda=self.cfg.ppo.gae_lambda,
             )
             episodes.append(ep)
             empties.append(empty_turn_fraction(self.env))

@@ -146,6 +146,45 @@ def test_reward_penalty_enters_the_returns_not_the_records(tiny_model, estimator
         assert (paid.batch.returns <= plain.batch.returns + 1e-6).all()
 
 
+def test_gae_lambda_returns_use_the_rollout_critic(tiny_model):
+    """ppo.gae_lambda < 1: the batch's returns are the λ-returns of the episode's rewards (here
+    the KL penalty's, which every agent step carries) under the critic's values at the
+    rollout, checked by hand conversation by conversation; λ = 1 leaves the Monte-Carlo
+    returns, and no token or record changes."""
+    env = make_env(tiny_model, n=3, length=40, max_reply_tokens=4)
+    d, v = env.base.feature_dim + 2, env.base.num_actions
+    actor, critic = random_actor(d, v, 0.05), Critic(d, 8)
+
+    def play(lam: float):
+        g = torch.Generator().manual_seed(7)
+        return run_episode(
+            env, actor, critic, budget=5.0, mode="expected", budget_scale=10.0,
+            generator=g, seed=3, penalty_coef=0.7, gae_lambda=lam,
+        )  # fmt: skip
+
+    mc, gae = play(1.0), play(0.8)
+    assert mc.records == gae.records
+    assert torch.equal(mc.batch.values_old, gae.batch.values_old)
+    expect, start = [], 0
+    for rec in gae.records:
+        rewards = [-0.7 * e for e in estimates_from_record(rec, "k1")]
+        n = len(rewards)
+        pos = [i for i, tok in enumerate(rec["tokens"]) if tok["speaker"] == "agent"]
+        for where, value in rec["rewards"]:
+            rewards[max(k for k, p in enumerate(pos) if p <= where)] += value
+        vals = gae.batch.values_old[start : start + n].tolist()
+        g_next, v_next, out = 0.0, 0.0, []
+        for k in range(n - 1, -1, -1):
+            g_next = rewards[k] + 0.2 * v_next + 0.8 * g_next
+            v_next = vals[k]
+            out.append(g_next)
+        expect += out[::-1]
+        start += n
+    assert start == len(gae.batch) > 0
+    torch.testing.assert_close(gae.batch.returns, torch.tensor(expect), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(gae.batch.returns, mc.batch.returns)
+
+
 def planted_runs(fitted_tiny_model, tmp_path, runs):
     torch.set_num_threads(1)
     env = make_env(fitted_tiny_model, n=16, length=60)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from klbudget.core.advantages import normalize, reward_to_go
+from klbudget.core.advantages import lambda_return, normalize, reward_to_go
 from klbudget.core.budget import ramp, spend, step_target
 from klbudget.core.kl import kl_exact, kl_k1, kl_k3
 from klbudget.core.sampling import sample_categorical
@@ -65,6 +65,45 @@ def test_reward_to_go_masks_non_agent_steps():
     n = normalize(torch.tensor([1.0, 2.0, 3.0]))
     torch.testing.assert_close(n, torch.tensor([-1.0, 0.0, 1.0]))
     assert normalize(torch.tensor([4.0])).item() == 0.0
+
+
+def _lambda_return_by_definition(r, v, m, lam):
+    """Σ_k (weights of the n-step returns): G^λ = (1 − λ) Σ_n λ^(n−1) G^(n) + λ^(N−1) G, with
+    G^(n) the n-step return over the masked steps of one row (the textbook form)."""
+    out = torch.zeros_like(r)
+    for b in range(r.shape[0]):
+        steps = m[b].nonzero().squeeze(-1).tolist()
+        for i, t in enumerate(steps):
+            later = steps[i:]
+            total, weight = 0.0, 1.0
+            for n in range(1, len(later) + 1):
+                g_n = float(r[b, later[:n]].sum())
+                if n < len(later):
+                    g_n += float(v[b, later[n]])
+                    total += (1 - lam) * weight * g_n
+                    weight *= lam
+                else:
+                    total += weight * g_n  # the Monte-Carlo return takes the rest
+            out[b, t] = total
+    return out
+
+
+def test_lambda_return_matches_its_definition_and_the_monte_carlo_return():
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(3, 9, generator=g) > 0.35
+    r = torch.where(m, torch.randn(3, 9, generator=g, dtype=torch.float64), 0.0)
+    v = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    for lam in (0.0, 0.5, 0.95):
+        got = lambda_return(r, v, m, lam)
+        torch.testing.assert_close(got, _lambda_return_by_definition(r, v, m, lam))
+    assert torch.equal(lambda_return(r, v, m, 1.0), reward_to_go(r, m))
+    # λ = 0: one reward, then the critic at the next step of the row (0 after the last one)
+    r1 = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
+    m1 = torch.tensor([[True, False, True, True]])
+    v1 = torch.tensor([[9.0, 9.0, 5.0, 7.0]])
+    assert lambda_return(r1, v1, m1, 0.0).tolist() == [[6.0, 0.0, 9.0, 0.0]]
+    with pytest.raises(ValueError, match="lambda must lie"):
+        lambda_return(r1, v1, m1, 1.5)
 
 
 def test_sampling_matches_probabilities_and_skips_zeros():
