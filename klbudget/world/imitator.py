@@ -54,7 +54,7 @@ class ImitatorConfig:
     mlp_ratio: int = 4  # SwiGLU hidden size = mlp_ratio * n_embd
     block_size: int = 256  # training window: the first block_size + 1 tokens of a transcript
     max_position: int = 512  # longest input the saved model accepts (RoPE positions)
-    steps: int = 540  # optimiser steps (~0.29 s each on 2 idle cores at the default size)
+    steps: int = 1080  # optimiser steps (~0.29 s each on 2 idle cores at the default size)
     batch_size: int = 16  # transcripts per step
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_steps: int = 50  # linear warm-up, then cosine decay to min_lr_frac * lr
