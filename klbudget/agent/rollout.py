@@ -168,14 +168,14 @@ def run_episode(
         cat = {k: torch.empty(0) for k in ("o", "lb", "bl", "a", "lp")}
         obs_dim, n_act = 0, 0
         values = torch.empty(0)
-    task = rewards_t - penalty_t if penalty_coef else rewards_t
+    task = rewards_t - penalty_t
     if gae_lambda < 1.0:  # every reward sits on a step the actor took (last_agent_t)
         v_grid = torch.zeros_like(rewards_t)
         v_grid[taken] = values.to(v_grid.dtype)
         rtg = lambda_return(task, v_grid, taken, gae_lambda)
     else:
         rtg = reward_to_go(task, agent_mask)
-    returns = rtg[taken] if m else torch.empty(0)
+    returns = rtg[taken]
     lb = cat["lb"].reshape(m, n_act)
     batch = Batch(
         obs=cat["o"].reshape(m, obs_dim),

@@ -52,6 +52,7 @@ def lambda_return(rewards: Tensor, values: Tensor, mask: Tensor, lam: float) -> 
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
     if lam == 1.0:
         return reward_to_go(rewards, mask)
+    values = values.to(rewards.dtype)
     g_next = torch.zeros(rewards.shape[:-1], dtype=rewards.dtype)
     v_next = torch.zeros_like(g_next)
     out = torch.zeros_like(rewards)
@@ -59,6 +60,6 @@ def lambda_return(rewards: Tensor, values: Tensor, mask: Tensor, lam: float) -> 
         m = mask[..., t]
         g = rewards[..., t] + (1.0 - lam) * v_next + lam * g_next
         g_next = torch.where(m, g, g_next)
-        v_next = torch.where(m, values[..., t].to(rewards.dtype), v_next)
+        v_next = torch.where(m, values[..., t], v_next)
         out[..., t] = torch.where(m, g, torch.zeros_like(g))
     return out

@@ -111,18 +111,26 @@ def estimates_from_record(record: dict, estimator: str) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("estimator", ["k1", "k2", "k3", "exact"])
-def test_reward_penalty_enters_the_returns_not_the_records(tiny_model, estimator):
+def episode_player(tiny_model):
+    """play(**kw): one episode of 3 short conversations with a fixed random actor and critic,
+    the same seeds every call, `run_episode`'s keywords passed through."""
     env = make_env(tiny_model, n=3, length=40, max_reply_tokens=4)
     d, v = env.base.feature_dim + 2, env.base.num_actions
     actor, critic = random_actor(d, v, 0.05), Critic(d, 8)
 
-    def play(coef: float):
+    def play(**kw):
         g = torch.Generator().manual_seed(7)
-        return run_episode(
-            env, actor, critic, budget=math.inf, mode="realized", budget_scale=10.0,
-            generator=g, seed=3, penalty_coef=coef, estimator=estimator,
-        )  # fmt: skip
+        return run_episode(env, actor, critic, budget_scale=10.0, generator=g, seed=3, **kw)
+
+    return play
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3", "exact"])
+def test_reward_penalty_enters_the_returns_not_the_records(tiny_model, estimator):
+    episode = episode_player(tiny_model)
+
+    def play(coef: float):
+        return episode(budget=math.inf, mode="realized", penalty_coef=coef, estimator=estimator)
 
     plain, paid = play(0.0), play(0.7)
     assert plain.records == paid.records  # the penalty changes no token and no record
@@ -151,16 +159,10 @@ def test_gae_lambda_returns_use_the_rollout_critic(tiny_model):
     the KL penalty's, which every agent step carries) under the critic's values at the
     rollout, checked by hand conversation by conversation; λ = 1 leaves the Monte-Carlo
     returns, and no token or record changes."""
-    env = make_env(tiny_model, n=3, length=40, max_reply_tokens=4)
-    d, v = env.base.feature_dim + 2, env.base.num_actions
-    actor, critic = random_actor(d, v, 0.05), Critic(d, 8)
+    episode = episode_player(tiny_model)
 
     def play(lam: float):
-        g = torch.Generator().manual_seed(7)
-        return run_episode(
-            env, actor, critic, budget=5.0, mode="expected", budget_scale=10.0,
-            generator=g, seed=3, penalty_coef=0.7, gae_lambda=lam,
-        )  # fmt: skip
+        return episode(budget=5.0, mode="expected", penalty_coef=0.7, gae_lambda=lam)
 
     mc, gae = play(1.0), play(0.8)
     assert mc.records == gae.records
