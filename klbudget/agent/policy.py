@@ -93,7 +93,11 @@ class Actor(nn.Module):
             z = torch.cat([z, self.extra(obs)], -1)
         return z + self.z_bias
 
-    def forward(self, obs: Tensor, base_logp: Tensor, budget_left: Tensor) -> Played:
+    def forward(
+        self, obs: Tensor, base_logp: Tensor, budget_left: Tensor, alpha0: Tensor | None = None
+    ) -> Played:
+        """The played distribution; `alpha0` (B,), a guess of α where the mixture's solve
+        starts (the rollout's α when PPO replays its steps), changes nothing but the time."""
         z = self.logits(obs)  # (B, A)
         log_a = torch.log_softmax(z + base_logp, -1)
         if not self.mixture:
@@ -101,7 +105,7 @@ class Actor(nn.Module):
             return Played(log_a, kl_exact(log_a, base_logp), zeros, torch.ones_like(zeros))
         s = self.s(obs).squeeze(-1)  # (B,)
         k = step_target(s, budget_left)
-        out = fixed_kl_mixture(log_a, base_logp, k)
+        out = fixed_kl_mixture(log_a, base_logp, k, alpha0=alpha0)
         return Played(out.log_x, out.kl, k, out.alpha)
 
 

@@ -59,6 +59,7 @@ class Batch:
     logp_old: Tensor  # (M,) log x_old(action)
     values_old: Tensor  # (M,) critic at rollout
     returns: Tensor  # (M,) Monte-Carlo return-to-go
+    alpha_old: Tensor | None = None  # (M,) α at rollout: where the replay's solve starts
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -198,7 +199,8 @@ def ppo_update(
                 continue
             obs, adv = batch.obs[idx], adv_all[idx]
             # 2. re-play the mixture
-            played = actor(obs, batch.base_logp[idx], batch.budget_left[idx])
+            start = None if batch.alpha_old is None else batch.alpha_old[idx]
+            played = actor(obs, batch.base_logp[idx], batch.budget_left[idx], alpha0=start)
             logp = played.log_x.gather(-1, batch.actions[idx, None]).squeeze(-1)
             log_ratio = logp - batch.logp_old[idx]
             ratio = log_ratio.exp()

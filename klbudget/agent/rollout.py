@@ -110,10 +110,11 @@ def run_episode(
             o = observation(obs["features"][rows], obs["position"][rows], seen_left, budget_scale)
             if teacher is None:
                 played = actor(o, base_logp, seen_left)
-                log_x, kl = played.log_x, played.kl
+                log_x, kl, alpha = played.log_x, played.kl, played.alpha
             else:
                 log_x = teacher(env, rows)
                 kl = kl_exact(log_x, base_logp)
+                alpha = torch.full_like(kl, math.nan)  # no mixture was solved
             if reference is not None:
                 for j, val in enumerate(
                     kl_to_reference(log_x, reference(env, rows), env.help_action)
@@ -130,7 +131,7 @@ def run_episode(
                 active=torch.full_like(rows, spends, dtype=torch.bool),
             )
             keep = {
-                "o": o, "bl": seen_left, "a": a, "lp": logp,
+                "o": o, "bl": seen_left, "a": a, "lp": logp, "al": alpha,
                 "lb": base_logp if head is None else obs["features"][rows, -width:].float(),
             }  # fmt: skip
             if not store:
@@ -165,7 +166,7 @@ def run_episode(
         # One batched critic pass here instead of one per step in the loop.
         values = critic(cat["o"].reshape(m, obs_dim))
     else:
-        cat = {k: torch.empty(0) for k in ("o", "lb", "bl", "a", "lp")}
+        cat = {k: torch.empty(0) for k in ("o", "lb", "bl", "a", "lp", "al")}
         obs_dim, n_act = 0, 0
         values = torch.empty(0)
     task = rewards_t - penalty_t
@@ -185,6 +186,7 @@ def run_episode(
         logp_old=cat["lp"],
         values_old=values,
         returns=returns,
+        alpha_old=cat["al"],
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
     records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, ref_t)

@@ -171,6 +171,8 @@ def cat_batches(batches: list[Batch]) -> Batch:
         return batches[0]
 
     def cat(parts: list):
+        if any(p is None for p in parts):
+            return None
         return HiddenLogp.cat(parts) if isinstance(parts[0], HiddenLogp) else torch.cat(parts)
 
     return Batch(*(cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))

@@ -4,6 +4,10 @@ All conversations in a batch start from the same prompt and advance one token pe
 they are always the same length: the KV cache is one preallocated (N, heads, T, d) block
 per layer (a `StaticCache` sized to the episode), written in place one position per step,
 with no padding and no concatenation.
+Attention reads only the filled part of that block: the model runs with the
+"klbudget_prefix" attention (`prefix_attention`), which hands PyTorch's fused attention the
+first n cached positions instead of all of them behind a mask (the masked positions add
+exactly nothing; a masked call over the whole block costs several times as much).
 Features are the hidden states of the last 3 layers at the current position (SYSTEM.md §2).
 """
 
@@ -17,10 +21,41 @@ from torch import Tensor
 from klbudget.base.protocol import BaseStep
 
 N_FEATURE_LAYERS = 3
+PREFIX_ATTENTION = "klbudget_prefix"
 
 
 class ModelLoadError(ValueError):
     """A model folder that does not exist or cannot be loaded."""
+
+
+def prefix_attention(module, query, key, value, attention_mask, **kwargs):
+    """Scaled dot-product attention over the first n cached positions, n the position after
+    the queries (`cache_position`); causal within the queries.
+
+    Every conversation of a batch has the same length, so no padding mask is ever needed:
+    the model builds none for an attention it does not know, and this function is the
+    whole of the masking. A single query attends to all n positions; q > 1 queries at
+    positions n − q … n − 1 attend causally.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None:
+        raise ValueError("prefix attention takes no attention mask (rows never hold padding)")
+    q = query.shape[2]
+    pos = kwargs.get("cache_position")
+    n = int(pos[-1]) + 1 if pos is not None else key.shape[2]
+    key, value = key[:, :, :n], value[:, :, :n]
+    if q > 1 and n > q:  # queries after a cached prefix: an explicit causal mask
+        rows = torch.arange(n - q, n, device=query.device)[:, None]
+        attention_mask = rows >= torch.arange(n, device=query.device)[None, :]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _use_prefix_attention(model) -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
+    model.set_attn_implementation(PREFIX_ATTENTION)
 
 
 def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
@@ -59,6 +94,7 @@ class HFBase:
             raise ValueError(f"base temperature must be > 0, got {temperature}")
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_local(model_dir, dtype)
+        _use_prefix_attention(self.model)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.temperature = float(temperature)

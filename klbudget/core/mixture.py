@@ -96,7 +96,13 @@ def kl_to_base(log_x: Tensor, log_b: Tensor) -> Tensor:
 
 
 def fixed_kl_mixture(
-    log_a: Tensor, log_b: Tensor, k: Tensor | float, *, iters: int = 30, autograd: bool = False
+    log_a: Tensor,
+    log_b: Tensor,
+    k: Tensor | float,
+    *,
+    iters: int = 30,
+    autograd: bool = False,
+    alpha0: Tensor | None = None,
 ) -> MixtureOut:
     r"""Play x = α·a + (1−α)·b with KL(x‖b) = k (α = 1 if KL(a‖b) ≤ k).
 
@@ -110,6 +116,9 @@ def fixed_kl_mixture(
             (typically 3-6 iterations from the χ² start).
         autograd: differentiate through the algebra by autograd instead of the hand-written
             backward (same gradient, slower; always so when log_b needs a gradient).
+        alpha0: (...) a guess of α (e.g. the rollout's, when PPO replays a step with
+            slightly moved parameters) where the Newton iteration starts instead of the χ²
+            estimate; entries outside (0, 1) are ignored. The root is the same.
 
     Returns:
         MixtureOut(log_x, kl, alpha) with kl ≤ k. Differentiable in `log_a` and `k`.
@@ -118,8 +127,13 @@ def fixed_kl_mixture(
         raise ValueError(f"log_a {tuple(log_a.shape)} and log_b {tuple(log_b.shape)} differ")
     k = torch.as_tensor(k, dtype=log_a.dtype, device=log_a.device).expand(log_a.shape[:-1])
     v = log_a.shape[-1]
+    guess = None if alpha0 is None else alpha0.detach().reshape(-1)
     alpha_star, kl_star = _solve_alpha(
-        log_a.detach().reshape(-1, v), log_b.detach().reshape(-1, v), k.detach().reshape(-1), iters
+        log_a.detach().reshape(-1, v),
+        log_b.detach().reshape(-1, v),
+        k.detach().reshape(-1),
+        iters,
+        guess,
     )
     alpha_star, kl_star = alpha_star.reshape(k.shape), kl_star.reshape(k.shape)
     if torch.is_grad_enabled() and (log_a.requires_grad or k.requires_grad):
@@ -234,7 +248,9 @@ def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
 
 
 @torch.no_grad()
-def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+def _solve_alpha(
+    log_a: Tensor, log_b: Tensor, k: Tensor, iters: int, alpha0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Root α of KL(x_α‖b) = k on [0, 1] and the KL it achieves, never above k.
 
     Runs in float64 on precomputed d = a/b − 1, so one iteration costs one log1p and one
@@ -276,6 +292,9 @@ def _solve_alpha(log_a: Tensor, log_b: Tensor, k: Tensor, iters: int) -> tuple[T
     chi2 = (w[..., 1] * d).sum(-1).clamp(min=tiny)  # Σ b d² : f(α) ≈ α²χ²/2 for small α
     log_k_all = torch.log(kr)
     t_all = (0.5 * (math.log(2.0) + log_k_all - torch.log(chi2))).clamp(max=0.0)
+    if alpha0 is not None:
+        guess = alpha0[rows].double()
+        t_all = torch.where((guess > 0) & (guess < 1), guess.log(), t_all)
     # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
     lo_all = torch.full_like(t_all, math.log(tiny))
     hi = torch.zeros_like(t_all)

@@ -1,5 +1,6 @@
 """Agent steps keep the base's last hidden state (d numbers) instead of V log-probs, and the
-PPO update recomputes log β from it: the same numbers as the rollout's, far less memory."""
+PPO update recomputes log β from it: the same numbers as the rollout's, far less memory.
+The base's attention reads only the filled part of its preallocated cache."""
 
 from __future__ import annotations
 
@@ -50,3 +51,39 @@ def test_a_base_whose_logits_are_not_its_last_state_keeps_full_log_probs(fitted_
     ep = _episode(env)
     assert env.base.logp_head() is None
     assert isinstance(ep.batch.base_logp, torch.Tensor)
+
+
+def test_prefix_attention_matches_the_models_own_attention(fitted_tiny_model):
+    """The base reads only the filled part of its preallocated cache: its log-probs at
+    every step equal those of the stock model over a masked static cache."""
+    from transformers import StaticCache
+
+    from klbudget.base.hf import PREFIX_ATTENTION, HFBase, load_local
+
+    base = HFBase(fitted_tiny_model)
+    ref, _ = load_local(fitted_tiny_model)
+    assert base.model.config._attn_implementation == PREFIX_ATTENTION
+    assert ref.config._attn_implementation != PREFIX_ATTENTION
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, base.vocab_size, (3, 7), generator=g)
+    cap = 30
+    got = [base.reset(ids, capacity=cap).logp]
+    cache = StaticCache(config=ref.config, max_cache_len=cap)
+    out = ref(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(7))
+    want = [out.logits[:, -1].log_softmax(-1)]
+    for t in range(7, cap):
+        tok = torch.randint(0, base.vocab_size, (3,), generator=g)
+        got.append(base.step(tok).logp)
+        out = ref(
+            input_ids=tok[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=torch.arange(t, t + 1),
+        )
+        want.append(out.logits[:, -1].log_softmax(-1))
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0, atol=1e-5)
+    whole = torch.randint(0, base.vocab_size, (2, 12), generator=g)
+    logp = ref(input_ids=whole).logits[:, :-1].log_softmax(-1)
+    torch.testing.assert_close(
+        base.score(whole), logp.gather(-1, whole[:, 1:, None]).squeeze(-1), rtol=0, atol=1e-5
+    )

@@ -68,7 +68,8 @@ def _exact_worker(out: str) -> None:
     full = _batch(_agent()[0])
     half = M // 2
     rows = slice(group.rank * half, (group.rank + 1) * half)
-    mine = Batch(*(getattr(full, f)[rows] for f in Batch.__dataclass_fields__))
+    fields = (getattr(full, f) for f in Batch.__dataclass_fields__)
+    mine = Batch(*(None if v is None else v[rows] for v in fields))
     params = _update(mine, group)
     save_file(params, f"{out}/rank{group.rank}.safetensors")
     distributed.close(group)

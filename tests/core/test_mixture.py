@@ -194,3 +194,29 @@ def test_float32_extremes():
     log_b = torch.tensor([0.0, -big, -80.0, -1e-30]).log_softmax(-1)
     z = torch.tensor([big, -big, 100.0, 0.0])
     _check_sane(z + log_b, log_b, torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_guess_of_alpha_moves_only_where_the_solve_starts(dtype):
+    """PPO replays a step from the rollout's α: any guess (near, far, at or outside the
+    ends, NaN) must give the root the cold start gives, and never overspend."""
+    g = torch.Generator().manual_seed(1)
+    n, v = 96, 400
+    log_b = (3 * torch.randn(n, v, generator=g, dtype=dtype)).log_softmax(-1)
+    log_a = (2 * torch.randn(n, v, generator=g, dtype=dtype) + log_b).log_softmax(-1)
+    k = torch.logspace(-6, 0, n, dtype=dtype) * kl_to_base(log_a, log_b).min()
+    cold = fixed_kl_mixture(log_a, log_b, k)
+    assert ((cold.alpha > 0) & (cold.alpha < 1)).all()  # every row is solved
+    near = cold.alpha * torch.exp(0.3 * torch.randn(n, generator=g, dtype=dtype))
+    odd = torch.tensor([0.0, 1.0, -1.0, 2.0, math.nan, 1e-300, 1 - 1e-12], dtype=dtype)
+    guesses = {
+        "near": near.clamp(max=0.999),
+        "far": torch.rand(n, generator=g, dtype=dtype),
+        "odd": odd.repeat(n // len(odd) + 1)[:n],
+    }
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    for name, guess in guesses.items():
+        warm = fixed_kl_mixture(log_a, log_b, k, alpha0=guess)
+        assert (warm.kl <= k).all(), name
+        torch.testing.assert_close(warm.alpha, cold.alpha, rtol=tol, atol=0, msg=name)
+        torch.testing.assert_close(warm.kl, cold.kl, rtol=tol, atol=0, msg=name)
