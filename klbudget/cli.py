@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from klbudget.pipelines import DEMO_AGENTS
+
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # a NaN or infinite loss, gradient or metric stopped training
 
@@ -121,11 +123,8 @@ def _theory(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_SPEC = "single:10,single:20,pessimistic:20"
-
-
 def _demo(args: argparse.Namespace) -> int:
-    from klbudget.pipelines.demo import run_demo
+    from klbudget.pipelines.demo import parse_agents, run_demo
 
     def numbers(flag: str, raw: str) -> tuple[float, ...]:
         try:
@@ -137,19 +136,15 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError("give either --agents or --budgets/--bases, not both")
     if args.budgets or args.bases:  # every base at every budget
         bases = [b.strip() for b in (args.bases or "single").split(",") if b.strip()]
-        agents = [(k, b) for k in bases for b in numbers("--budgets", args.budgets or "10,20")]
+        budgets = numbers("--budgets", args.budgets or "10,20")
+        agents = tuple((k, b, None) for k in bases for b in budgets)
     else:
-        agents = []
-        for item in (args.agents or DEFAULT_SPEC).split(","):
-            kind, _, budget = item.strip().partition(":")
-            if not budget:
-                raise UsageError(f"--agents items are KIND:BUDGET, got {item.strip()!r}")
-            agents.append((kind, numbers("--agents", budget)[0]))
+        agents = parse_agents(args.agents or DEMO_AGENTS)
     run_demo(
-        Path(args.out), agents=tuple(agents), cache=Path(args.cache),
+        Path(args.out), agents=agents, cache=Path(args.cache),
         world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
         eval_episodes=args.eval_episodes, ensemble=args.ensemble, tau=not args.no_tau,
-        help_fractions=numbers("--help-fractions", args.help_fractions),
+        help_fractions=numbers("--help-fractions", args.help_fractions), jobs=args.jobs,
     )  # fmt: skip
     return 0
 
@@ -290,13 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="folder for the demo's outputs (must be new)")
     d.add_argument(
         "--agents", default="",
-        help=f"comma-separated KIND:BUDGET agents to train (default {DEFAULT_SPEC}); KIND is "
+        help=f"comma-separated KIND:BUDGET[:STEPS] agents to train (default {DEMO_AGENTS}; "
+        "STEPS, agent steps, defaults to the preset's train.total_agent_steps); KIND is "
         "single (the imitator β), bayes (posterior mixture over an ensemble) or pessimistic "
         "(ν_α with help)",
     )  # fmt: skip
     d.add_argument("--budgets", default="", help="comma-separated budgets: every --bases at each")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")
     d.add_argument("--eval-episodes", type=int, default=32)
+    d.add_argument(
+        "--jobs", type=int, default=0,
+        help="agents trained at once, each in its own process (default 0: all of them on a "
+        "machine with 2 or more cores, each with cores/jobs threads; 1: one after another)",
+    )  # fmt: skip
     d.add_argument(
         "--bases", default="",
         help="comma-separated base kinds, crossed with --budgets (instead of --agents)",

@@ -22,10 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
@@ -33,6 +36,7 @@ from klbudget.agent.trainer import TAU_MEMBER, Trainer, build_env
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import parse_episode
+from klbudget.pipelines import DEMO_AGENTS
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
 from klbudget.pipelines.prior import empty_turn_costs
 from klbudget.report.html import build_report
@@ -48,16 +52,31 @@ from klbudget.world import (
 
 BASE_KINDS = ("single", "bayes", "pessimistic")
 TAU = Path(TAU_MEMBER)  # τ itself as a member of the model class
-# The failure and the fix side by side: β at two budgets, ν_α with help at the larger one.
-DEFAULT_AGENTS: tuple[tuple[str, float], ...] = (
-    ("single", 10.0), ("single", 20.0), ("pessimistic", 20.0),
-)  # fmt: skip
+Agent = tuple[str, float, int | None]  # base kind, budget in nats, agent steps (None: preset's)
+
+
+def parse_agents(spec: str) -> tuple[Agent, ...]:
+    """``KIND:BUDGET[:STEPS],...`` → (kind, budget, steps or None) per agent."""
+    agents = []
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ConfigError(f"agents are KIND:BUDGET or KIND:BUDGET:STEPS, got {item!r}")
+        try:
+            budget = float(parts[1])
+            steps = int(parts[2]) if len(parts) == 3 else None
+        except ValueError as err:
+            raise ConfigError(f"{item!r}: BUDGET is a number and STEPS an integer") from err
+        agents.append((parts[0], budget, steps))
+    return tuple(agents)
 
 
 def run_demo(
     out: Path,
     *,
-    agents: tuple[tuple[str, float], ...] = DEFAULT_AGENTS,
+    agents: tuple[Agent, ...] = parse_agents(DEMO_AGENTS),
     cache: Path = Path("models"),
     world_set: list[str] | None = None,
     imitator_set: list[str] | None = None,
@@ -66,25 +85,30 @@ def run_demo(
     ensemble: int = 1,
     tau: bool = True,
     help_fractions: tuple[float, ...] = (),
+    jobs: int = 0,
     progress: bool = True,
 ) -> list[dict]:
-    """Run the whole demo into `out` (which must be new); returns the summary rows."""
+    """Run the whole demo into `out` (which must be new); returns the summary rows.
+
+    `jobs` agents train at once, each in its own process (0: all of them when the machine
+    has at least 2 cores; see :func:`job_count`)."""
     if out.exists() and any(out.iterdir()):
         raise RunFolderError(f"{out} already holds files; choose a new --out")
     if not agents:
         raise ConfigError("the demo needs at least one agent")
-    bases = tuple(dict.fromkeys(kind for kind, _ in agents))
+    bases = tuple(dict.fromkeys(kind for kind, _, _ in agents))
     unknown = [b for b in bases if b not in BASE_KINDS]
     if unknown:
         raise ConfigError(f"unknown base kind(s) {unknown}; known: {', '.join(BASE_KINDS)}")
-    if any(not (math.isfinite(b) and b >= 0) for _, b in agents):
-        raise ConfigError(f"budgets must be finite and >= 0, got {[b for _, b in agents]}")
+    if any(not (math.isfinite(b) and b >= 0) for _, b, _ in agents):
+        raise ConfigError(f"budgets must be finite and >= 0, got {[b for _, b, _ in agents]}")
     if ensemble < 1:
         raise ConfigError(f"ensemble must be >= 1 imitators, got {ensemble}")
     if ensemble + tau < 2 and (set(bases) - {"single"} or help_fractions):
         raise ConfigError("an ensemble needs at least 2 members (imitators, and τ with tau)")
     if any(not 0 < f <= 1 for f in help_fractions):
         raise ConfigError(f"help fractions must be in (0, 1], got {list(help_fractions)}")
+    n_jobs = job_count(jobs, len(agents))
     t0 = time.perf_counter()
     world_cfg = replace_fields(WorldConfig(), world_set or [], "world")
     imit_cfg = replace_fields(ImitatorConfig(), imitator_set or [], "imitator")
@@ -107,25 +131,32 @@ def run_demo(
     text = json.dumps(to_jsonable(prior), indent=1, allow_nan=False)
     atomic_write_text(out / "prior.json", text + "\n")
     say(_prior_table(prior))
-    runs = []
-    plan = list(agents)
-    for i, (kind, budget) in enumerate(plan):
+    plan = []  # every agent's config is checked before the first one trains
+    for kind, budget, steps in agents:
         name = f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
-        run = out / name
-        cfg = apply_overrides(base_cfg, [f"model.path={model}", f"budget.total={budget}"])
+        sets = [f"model.path={model}", f"budget.total={budget}"]
+        sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
+        cfg = apply_overrides(base_cfg, sets)
         cfg = _with_base(cfg, kind, members, world_dir).validate()
-        say(f"[3/4] agent {i + 1}/{len(plan)}: {kind} base, {budget:g} nats -> {run}", flush=True)
-        Trainer(cfg, run, progress=progress).learn()
         # L/2 and L: both inside the window β was trained on (imitator block_size), so the
         # length effect is not confounded by β leaving its training distribution.
-        length = cfg.env.length
-        if length > imit_cfg.block_size:
+        if cfg.env.length > imit_cfg.block_size:
             raise ConfigError(
-                f"episodes of {length} tokens exceed the imitator's window {imit_cfg.block_size}"
+                f"episodes of {cfg.env.length} tokens exceed the imitator's window "
+                f"{imit_cfg.block_size}"
             )
-        evaluate_run(run, episodes=eval_episodes, lengths=[length // 2, length],
-                     world=world_dir, progress=progress)  # fmt: skip
-        runs.append(run)
+        plan.append(AgentJob(cfg, out / name, f"{kind} base, {budget:g} nats", eval_episodes))
+    runs = [job.run for job in plan]
+    if n_jobs == 1:
+        for i, job in enumerate(plan):
+            say(f"[3/4] agent {i + 1}/{len(plan)}: {job.label} -> {job.run}", flush=True)
+            train_and_evaluate(job, world_dir, threads=0, progress=progress)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        say(f"[3/4] {len(plan)} agents in {n_jobs} processes of {threads} thread(s) each:")
+        for job in plan:
+            say(f"      {job.label} -> {job.run}", flush=True)
+        run_parallel(plan, world_dir, n_jobs, threads, progress=progress)
     study = []
     for f in help_fractions:
         say(f"[3/4] help study: ensemble on {f:g} of the demonstrations", flush=True)
@@ -151,6 +182,80 @@ def run_demo(
         say(_study_table(study))
     say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentJob:
+    """One agent of the demo: its config, run folder and evaluation."""
+
+    cfg: Config
+    run: Path
+    label: str
+    eval_episodes: int
+
+
+def job_count(jobs: int, agents: int) -> int:
+    """Agents to train at once: `jobs` when > 0, else every agent when there are 2 or more
+    cores (on 2 cores, three single-threaded trainers do about 1.4 times the work of one
+    trainer on two threads: `benchmarks/demo_jobs.py`), else 1."""
+    if jobs < 0:
+        raise ConfigError(f"jobs must be >= 0 (0: automatic), got {jobs}")
+    if jobs == 0:
+        jobs = agents if (os.cpu_count() or 1) >= 2 else 1
+    return max(1, min(jobs, agents))
+
+
+def train_and_evaluate(job: AgentJob, world: Path | None, *, threads: int, progress: bool) -> None:
+    """Train one agent and evaluate it at L/2 and L (a worker process's whole task)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    Trainer(job.cfg, job.run, progress=progress).learn()
+    length = job.cfg.env.length
+    evaluate_run(job.run, episodes=job.eval_episodes, lengths=[length // 2, length],
+                 world=world, progress=progress)  # fmt: skip
+
+
+def _steps_done(run: Path) -> int:
+    """Agent steps in a run folder's last metrics line (0 before the first update)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return int(json.loads(lines[-1])["time/agent_steps"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def run_parallel(
+    plan: list[AgentJob], world: Path | None, n_jobs: int, threads: int, *, progress: bool
+) -> None:
+    """Each job in a fresh process (spawned: no state shared with this one), `n_jobs` at a
+    time; one progress bar over all of them, read from their run folders. A worker's error
+    stops the others and is raised here; so is Ctrl-C (each trainer saves its checkpoint
+    at the signal, `Trainer.learn`)."""
+    total = sum(job.cfg.train.total_agent_steps for job in plan)
+    bar = tqdm(  # updates arrive in chunks of thousands of steps: average over the whole run
+        total=total, unit="step", desc="agents", disable=not progress, dynamic_ncols=True,
+        smoothing=0.0,
+    )  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(n_jobs, maxtasksperchild=1)
+    try:
+        options = {"threads": threads, "progress": False}
+        pending = [pool.apply_async(train_and_evaluate, (job, world), options) for job in plan]
+        shown = (0, 0)
+        while pending:
+            time.sleep(1.0)
+            for res in [r for r in pending if r.ready()]:
+                res.get()  # a worker's error is raised here
+                pending.remove(res)
+            now = (min(total, sum(_steps_done(job.run) for job in plan)), len(plan) - len(pending))
+            if now != shown:  # redrawn only on news (one line per redraw in a log file)
+                bar.n, shown = now[0], now
+                bar.set_postfix(done=f"{now[1]}/{len(plan)}")
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+        bar.close()
 
 
 PRIOR_FIRST_TAU = (0, 3)  # silence from the first teacher turn, and after 3 turns of τ
