@@ -1,5 +1,6 @@
-"""The PPO update of a trained agent, with the mixture's hand-written backward and with
-autograd through the solver's algebra, side by side on the same batch.
+"""The PPO update of a trained agent, with the mixture's hand-written backward, the same
+with the solve started from its χ² estimate instead of the rollout's α ("cold start"), and
+with autograd through the solver's algebra, side by side on the same batch.
 
     python benchmarks/ppo_update.py --run runs/demo/agent_B20
     python benchmarks/ppo_update.py --run runs/demo/pessimistic_B20 --set base.world=runs/demo/world
@@ -50,7 +51,11 @@ def main() -> None:
         state = [copy.deepcopy(x.state_dict()) for x in trainer._state()[0].values()]
         opts = [copy.deepcopy(x.state_dict()) for x in trainer._state()[1].values()]
         hand = policy.fixed_kl_mixture
-        variants = {"hand-written": hand, "autograd": functools.partial(hand, autograd=True)}
+        variants = {
+            "hand-written": hand,  # the solve starts from the rollout's α (PPO's default)
+            "cold start": lambda *a, alpha0=None, **k: hand(*a, **k),  # from the χ² estimate
+            "autograd": functools.partial(hand, autograd=True),
+        }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for i in range(args.reps + 1):  # the first round is a warm-up
             for name, fn in variants.items():
@@ -77,6 +82,7 @@ def main() -> None:
     for name, m in med.items():
         print(f"update {name:<12}{m:6.2f} s  (median of {args.reps})")
     print(f"autograd / hand-written: {med['autograd'] / med['hand-written']:.2f}x")
+    print(f"cold start / hand-written: {med['cold start'] / med['hand-written']:.2f}x")
 
 
 if __name__ == "__main__":

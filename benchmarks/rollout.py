@@ -7,8 +7,10 @@ Prints, per batch size: agent tokens/s, total tokens/s (all conversations, promp
 excluded), the share of rollout wall time inside the base model's forward passes (the
 rest is the actor head, the fixed-KL mixture solve, sampling, tag detection, reward and
 book-keeping), and peak RSS (of the rollout: measured before the model-alone runs); then
-the same model decoding alone over the same positions (batched, preallocated KV cache:
-forward only, and forward + one inverse-CDF draw per row) and the ratios.
+the same model decoding alone over the same positions (batched, preallocated KV cache read
+up to the current position, as the rollout does: forward only, and forward + one inverse-CDF
+draw per row) and the ratios, and the model alone with its stock attention over the whole
+masked cache.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -104,15 +106,23 @@ def bench(
 
 
 @torch.no_grad()
-def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
-    """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling."""
+def model_alone(
+    model_dir: Path, batch: int, length: int, reps: int, masked: bool = False
+) -> dict[str, float]:
+    """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling.
+
+    Attention reads the filled part of the cache (`klbudget.base.hf.prefix_attention`, as
+    the rollout does), or with `masked` the model's stock attention over the whole
+    preallocated cache behind a mask (the library's default for a static cache)."""
     from transformers import StaticCache
 
-    from klbudget.base.hf import load_local
+    from klbudget.base.hf import load_local, use_prefix_attention
     from klbudget.core.sampling import sample_categorical
     from klbudget.envs.format import DEFAULT_PROMPT
 
     model, tok = load_local(model_dir)
+    if not masked:
+        use_prefix_attention(model)
     prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
     p = prompt.shape[1]
     g = torch.Generator().manual_seed(0)
@@ -171,6 +181,7 @@ def main() -> None:
         for b in args.batch:
             r = bench(model, b, args.length, args.episodes, args.budget, args.head)
             alone = model_alone(model, b, args.length, args.episodes)
+            masked = model_alone(model, b, args.length, args.episodes, masked=True)
             fwd = alone["forward"]
             print(
                 f"{name} ({r['params_m']:.1f}M params, {args.head} head) batch {b:3d}: "
@@ -179,7 +190,9 @@ def main() -> None:
                 f"peak RSS {r['peak_rss_mb']:.0f} MB\n"
                 f"    model alone: forward {alone['forward']:7.0f} tok/s, with a draw "
                 f"{alone['sample']:7.0f} tok/s; agent / forward {r['agent_tok_s'] / fwd:.2f}, "
-                f"total / forward {r['total_tok_s'] / fwd:.2f}",
+                f"total / forward {r['total_tok_s'] / fwd:.2f}\n"
+                f"    model alone, stock attention over the masked cache: forward "
+                f"{masked['forward']:7.0f} tok/s, with a draw {masked['sample']:7.0f} tok/s",
                 flush=True,
             )
 

@@ -51,7 +51,8 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def _use_prefix_attention(model) -> None:
+def use_prefix_attention(model) -> None:
+    """Run ``model`` with :func:`prefix_attention` (only for same-length rows, no padding)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
@@ -94,7 +95,7 @@ class HFBase:
             raise ValueError(f"base temperature must be > 0, got {temperature}")
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_local(model_dir, dtype)
-        _use_prefix_attention(self.model)
+        use_prefix_attention(self.model)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.temperature = float(temperature)

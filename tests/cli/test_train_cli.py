@@ -152,7 +152,8 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
     [
         (["--agents", "single"], "KIND:BUDGET"),
         (["--agents", "oracle:10"], "unknown base kind"),
-        (["--agents", "single:ten"], "--agents must be comma-separated numbers"),
+        (["--agents", "single:ten"], "BUDGET is a number"),
+        (["--agents", "single:10:many"], "STEPS an integer"),
         (["--agents", "single:10", "--budgets", "5"], "not both"),
         (["--agents", "single:inf"], "finite"),
     ],
