@@ -46,7 +46,8 @@ def main() -> None:
         episodes, _ = trainer.collect()
         rollout = time.perf_counter() - t0
         batch = cat_batches([e.batch for e in episodes])
-        alpha = trainer.actor(batch.obs, batch.base_logp, batch.budget_left).alpha.detach()
+        base_logp = batch.base_logp[:]  # all rows (recomputed when kept as hidden states)
+        alpha = trainer.actor(batch.obs, base_logp, batch.budget_left).alpha.detach()
         interior = ((alpha > 0) & (alpha < 1)).float().mean().item()
         state = [copy.deepcopy(x.state_dict()) for x in trainer._state()[0].values()]
         opts = [copy.deepcopy(x.state_dict()) for x in trainer._state()[1].values()]

@@ -106,44 +106,46 @@ def bench(
 
 
 @torch.no_grad()
-def model_alone(
-    model_dir: Path, batch: int, length: int, reps: int, masked: bool = False
-) -> dict[str, float]:
+def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
     """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling.
 
     Attention reads the filled part of the cache (`klbudget.base.hf.prefix_attention`, as
-    the rollout does), or with `masked` the model's stock attention over the whole
-    preallocated cache behind a mask (the library's default for a static cache)."""
+    the rollout does); the "masked_" entries are the model's stock attention over the whole
+    preallocated cache behind a mask (the library's default for a static cache). The two
+    alternate, repetition by repetition, so that both see the same machine."""
     from transformers import StaticCache
 
     from klbudget.base.hf import load_local, use_prefix_attention
     from klbudget.core.sampling import sample_categorical
     from klbudget.envs.format import DEFAULT_PROMPT
 
-    model, tok = load_local(model_dir)
-    if not masked:
-        use_prefix_attention(model)
+    models = {"": load_local(model_dir)[0], "masked_": load_local(model_dir)[0]}
+    use_prefix_attention(models[""])
+    tok = load_local(model_dir)[1]
     prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
     p = prompt.shape[1]
     g = torch.Generator().manual_seed(0)
-    out = {}
-    for sample in (False, True):
-        rates = []
-        for _ in range(reps + 1):  # the first is a warm-up
-            cache = StaticCache(config=model.config, max_cache_len=length)
-            t0 = time.perf_counter()
-            o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                      cache_position=torch.arange(p))  # fmt: skip
-            nxt = torch.zeros(batch, dtype=torch.long)
-            for pos in range(p, length):
-                logits = o.logits[:, -1].float()
-                if sample:
-                    nxt = sample_categorical(torch.log_softmax(logits, -1), g)
-                o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
-                          cache_position=torch.tensor([pos]))  # fmt: skip
-            rates.append(batch * (length - p) / (time.perf_counter() - t0))
-        out["sample" if sample else "forward"] = statistics.median(rates[1:])
-    return out
+    rates: dict[str, list[float]] = {}
+    for rep in range(reps + 1):  # the first is a warm-up
+        for sample in (False, True):
+            for prefix, model in models.items():
+                cache = StaticCache(config=model.config, max_cache_len=length)
+                t0 = time.perf_counter()
+                o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                          cache_position=torch.arange(p))  # fmt: skip
+                nxt = torch.zeros(batch, dtype=torch.long)
+                for pos in range(p, length):
+                    logits = o.logits[:, -1].float()
+                    if sample:
+                        nxt = sample_categorical(torch.log_softmax(logits, -1), g)
+                    o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                              cache_position=torch.tensor([pos]))  # fmt: skip
+                if rep:
+                    key = prefix + ("sample" if sample else "forward")
+                    rates.setdefault(key, []).append(
+                        batch * (length - p) / (time.perf_counter() - t0)
+                    )
+    return {key: statistics.median(r) for key, r in rates.items()}
 
 
 def model_args(doc: str, length: int) -> argparse.ArgumentParser:
@@ -181,7 +183,6 @@ def main() -> None:
         for b in args.batch:
             r = bench(model, b, args.length, args.episodes, args.budget, args.head)
             alone = model_alone(model, b, args.length, args.episodes)
-            masked = model_alone(model, b, args.length, args.episodes, masked=True)
             fwd = alone["forward"]
             print(
                 f"{name} ({r['params_m']:.1f}M params, {args.head} head) batch {b:3d}: "
@@ -192,7 +193,8 @@ def main() -> None:
                 f"{alone['sample']:7.0f} tok/s; agent / forward {r['agent_tok_s'] / fwd:.2f}, "
                 f"total / forward {r['total_tok_s'] / fwd:.2f}\n"
                 f"    model alone, stock attention over the masked cache: forward "
-                f"{masked['forward']:7.0f} tok/s, with a draw {masked['sample']:7.0f} tok/s",
+                f"{alone['masked_forward']:7.0f} tok/s, "
+                f"with a draw {alone['masked_sample']:7.0f} tok/s",
                 flush=True,
             )
 
