@@ -61,7 +61,8 @@ def _one_way(model: str, agents: int, steps: int, together: bool, root: Path) ->
     wall = time.perf_counter() - t0
     for code, err in zip(codes, errors, strict=True):
         if code != 0:
-            sys.exit(f"a training run failed: {err.decode().strip().splitlines()[-1]}")
+            last = err.decode().strip().splitlines() or [f"exit code {code}"]
+            sys.exit(f"a training run failed: {last[-1]}")
     return wall, sum(_steps(run) for run in runs)
 
 

@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-episodes", type=int, default=32)
     d.add_argument(
         "--jobs", type=int, default=0,
-        help="agents trained at once, each in its own process (default 0: all of them on a "
-        "machine with 2 or more cores, each with cores/jobs threads; 1: one after another)",
+        help="agents trained at once, each in its own process with cores/jobs threads "
+        "(default 0: all of them, at most cores + 1, on 2 or more cores; 1: one after "
+        "another). Threads change rounding, so results depend on it",
     )  # fmt: skip
     d.add_argument(
         "--bases", default="",

@@ -97,7 +97,8 @@ class Actor(nn.Module):
         self, obs: Tensor, base_logp: Tensor, budget_left: Tensor, alpha0: Tensor | None = None
     ) -> Played:
         """The played distribution; `alpha0` (B,), a guess of α where the mixture's solve
-        starts (the rollout's α when PPO replays its steps), changes nothing but the time."""
+        starts (the rollout's α when PPO replays its steps): the same root to the solver's
+        tolerance (1e-5 relative in float32), so only rounding changes."""
         z = self.logits(obs)  # (B, A)
         log_a = torch.log_softmax(z + base_logp, -1)
         if not self.mixture:

@@ -4,10 +4,11 @@ All conversations in a batch start from the same prompt and advance one token pe
 they are always the same length: the KV cache is one preallocated (N, heads, T, d) block
 per layer (a `StaticCache` sized to the episode), written in place one position per step,
 with no padding and no concatenation.
-Attention reads only the filled part of that block: the model runs with the
-"klbudget_prefix" attention (`prefix_attention`), which hands PyTorch's fused attention the
-first n cached positions instead of all of them behind a mask (the masked positions add
-exactly nothing; a masked call over the whole block costs several times as much).
+Attention reads only the filled part of that block: a model whose every layer attends to
+its whole past runs with the "klbudget_prefix" attention (`prefix_attention`), which hands
+PyTorch's fused attention the first n cached positions instead of all of them behind a mask
+(the masked positions add exactly nothing; the world's imitator decodes 1.23 times as fast
+alone, `benchmarks/rollout.py`). Models with a sliding or chunked window keep their own.
 Features are the hidden states of the last 3 layers at the current position (SYSTEM.md §2).
 """
 
@@ -39,8 +40,6 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if attention_mask is not None:
-        raise ValueError("prefix attention takes no attention mask (rows never hold padding)")
     q = query.shape[2]
     pos = kwargs.get("cache_position")
     n = int(pos[-1]) + 1 if pos is not None else key.shape[2]
@@ -51,12 +50,25 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def use_prefix_attention(model) -> None:
-    """Run ``model`` with :func:`prefix_attention` (only for same-length rows, no padding)."""
+def plain_causal(config) -> bool:
+    """Whether every layer of the model attends causally to the whole past: no sliding or
+    chunked window, which a mask the library builds would impose and prefix attention,
+    for which the library builds no mask, would drop."""
+    layer_types = getattr(config, "layer_types", None) or []
+    windowed = [getattr(config, k, None) for k in ("sliding_window", "attention_chunk_size")]
+    return all(w is None for w in windowed) and all(t == "full_attention" for t in layer_types)
+
+
+def use_prefix_attention(model) -> bool:
+    """Run ``model`` with :func:`prefix_attention` (same-length rows, no padding mask is ever
+    applied) where its attention is plainly causal; else keep its own. Whether it did."""
     from transformers import AttentionInterface
 
+    if not plain_causal(model.config):
+        return False
     AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
     model.set_attn_implementation(PREFIX_ATTENTION)
+    return True
 
 
 def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):

@@ -118,7 +118,8 @@ def fixed_kl_mixture(
             backward (same gradient, slower; always so when log_b needs a gradient).
         alpha0: (...) a guess of α (e.g. the rollout's, when PPO replays a step with
             slightly moved parameters) where the Newton iteration starts instead of the χ²
-            estimate; entries outside (0, 1) are ignored. The root is the same.
+            estimate; entries outside (0, 1) are ignored. The root is the same to the
+            solver's tolerance (the result may differ in rounding).
 
     Returns:
         MixtureOut(log_x, kl, alpha) with kl ≤ k. Differentiable in `log_a` and `k`.

@@ -19,11 +19,15 @@ pessimistic base acting alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import pickle
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -108,6 +112,11 @@ def run_demo(
         raise ConfigError("an ensemble needs at least 2 members (imitators, and τ with tau)")
     if any(not 0 < f <= 1 for f in help_fractions):
         raise ConfigError(f"help fractions must be in (0, 1], got {list(help_fractions)}")
+    names = [_run_name(kind, budget) for kind, budget, _ in agents]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two agents would train into {out / twice[0]}: give each base "
+                          "kind and budget once")  # fmt: skip
     n_jobs = job_count(jobs, len(agents))
     t0 = time.perf_counter()
     world_cfg = replace_fields(WorldConfig(), world_set or [], "world")
@@ -133,7 +142,7 @@ def run_demo(
     say(_prior_table(prior))
     plan = []  # every agent's config is checked before the first one trains
     for kind, budget, steps in agents:
-        name = f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
+        name = _run_name(kind, budget)
         sets = [f"model.path={model}", f"budget.total={budget}"]
         sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
         cfg = apply_overrides(base_cfg, sets)
@@ -184,6 +193,10 @@ def run_demo(
     return rows
 
 
+def _run_name(kind: str, budget: float) -> str:
+    return f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentJob:
     """One agent of the demo: its config, run folder and evaluation."""
@@ -195,66 +208,117 @@ class AgentJob:
 
 
 def job_count(jobs: int, agents: int) -> int:
-    """Agents to train at once: `jobs` when > 0, else every agent when there are 2 or more
-    cores (on 2 cores, three single-threaded trainers do about 1.4 times the work of one
-    trainer on two threads: `benchmarks/demo_jobs.py`), else 1."""
+    """Agents to train at once: `jobs` when > 0, else every agent, at most one more than
+    the cores (on 2 cores, three single-threaded trainers do about 1.4 times the work of
+    one trainer on two threads: `benchmarks/demo_jobs.py`), and 1 on a single core."""
     if jobs < 0:
         raise ConfigError(f"jobs must be >= 0 (0: automatic), got {jobs}")
     if jobs == 0:
-        jobs = agents if (os.cpu_count() or 1) >= 2 else 1
+        cores = os.cpu_count() or 1
+        jobs = min(agents, cores + 1) if cores >= 2 else 1
     return max(1, min(jobs, agents))
 
 
-def train_and_evaluate(job: AgentJob, world: Path | None, *, threads: int, progress: bool) -> None:
-    """Train one agent and evaluate it at L/2 and L (a worker process's whole task)."""
+def train_and_evaluate(job: AgentJob, world: Path | None, *, threads: int, progress: bool) -> bool:
+    """Train one agent and evaluate it at L/2 and L; False (and no evaluation) when a signal
+    stopped the training early."""
     if threads > 0:
         torch.set_num_threads(threads)
-    Trainer(job.cfg, job.run, progress=progress).learn()
+    done = Trainer(job.cfg, job.run, progress=progress).learn()
+    if done.agent_steps < job.cfg.train.total_agent_steps:
+        return False
     length = job.cfg.env.length
     evaluate_run(job.run, episodes=job.eval_episodes, lengths=[length // 2, length],
                  world=world, progress=progress)  # fmt: skip
+    return True
 
 
-def _steps_done(run: Path) -> int:
-    """Agent steps in a run folder's last metrics line (0 before the first update)."""
+def _agent_process(job: AgentJob, world: Path | None, threads: int, errors) -> None:
+    """A worker: the job, its exception sent back to the caller, exit code 1 on failure."""
+    try:
+        finished = train_and_evaluate(job, world, threads=threads, progress=False)
+    except BaseException as err:  # noqa: BLE001 (whatever it is, the caller raises it)
+        try:
+            pickle.dumps(err)
+        except Exception:  # noqa: BLE001
+            err = RuntimeError(f"{type(err).__name__}: {err}")
+        errors.put(err)
+        sys.exit(1)
+    if not finished:
+        errors.put(KeyboardInterrupt(f"{job.label}: stopped by a signal"))
+        sys.exit(1)
+
+
+def _steps_done(run: Path, last: int) -> int:
+    """Agent steps in a run folder's last metrics line; `last` while there is none yet
+    (or it is being written)."""
     try:
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        return int(json.loads(lines[-1])["time/agent_steps"]) if lines else 0
+        return int(json.loads(lines[-1])["time/agent_steps"]) if lines else last
     except (OSError, ValueError, KeyError):
-        return 0
+        return last
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
 
 
 def run_parallel(
     plan: list[AgentJob], world: Path | None, n_jobs: int, threads: int, *, progress: bool
 ) -> None:
     """Each job in a fresh process (spawned: no state shared with this one), `n_jobs` at a
-    time; one progress bar over all of them, read from their run folders. A worker's error
-    stops the others and is raised here; so is Ctrl-C (each trainer saves its checkpoint
-    at the signal, `Trainer.learn`)."""
+    time; one progress bar over all of them, read from their run folders.
+
+    A worker's exception is raised here once it has ended (a worker that dies without
+    one, killed by the system, raises RuntimeError), after the others are killed; so is
+    Ctrl-C or SIGTERM to this process. A killed agent keeps the checkpoint of its last
+    finished update (`train.checkpoint_every`), written atomically."""
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    todo, running = list(range(len(plan))), {}  # job index → its process
+    steps = [0] * len(plan)
     total = sum(job.cfg.train.total_agent_steps for job in plan)
     bar = tqdm(  # updates arrive in chunks of thousands of steps: average over the whole run
         total=total, unit="step", desc="agents", disable=not progress, dynamic_ncols=True,
         smoothing=0.0,
     )  # fmt: skip
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(n_jobs, maxtasksperchild=1)
+    old = None
+    with contextlib.suppress(ValueError):  # only the main thread may handle signals
+        old = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        options = {"threads": threads, "progress": False}
-        pending = [pool.apply_async(train_and_evaluate, (job, world), options) for job in plan]
         shown = (0, 0)
-        while pending:
+        while todo or running:
+            while todo and len(running) < n_jobs:
+                i = todo.pop(0)
+                running[i] = ctx.Process(
+                    target=_agent_process, args=(plan[i], world, threads, errors)
+                )
+                running[i].start()
             time.sleep(1.0)
-            for res in [r for r in pending if r.ready()]:
-                res.get()  # a worker's error is raised here
-                pending.remove(res)
-            now = (min(total, sum(_steps_done(job.run) for job in plan)), len(plan) - len(pending))
+            for i, proc in list(running.items()):
+                if proc.exitcode is None:
+                    continue
+                del running[i]
+                if proc.exitcode != 0:
+                    if not errors.empty():
+                        raise errors.get()
+                    raise RuntimeError(
+                        f"the process training {plan[i].label} ended with exit code {proc.exitcode}"
+                    )
+            for i, job in enumerate(plan):
+                steps[i] = min(job.cfg.train.total_agent_steps, _steps_done(job.run, steps[i]))
+            now = (sum(steps), len(plan) - len(todo) - len(running))
             if now != shown:  # redrawn only on news (one line per redraw in a log file)
                 bar.n, shown = now[0], now
                 bar.set_postfix(done=f"{now[1]}/{len(plan)}")
-        pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        for proc in running.values():
+            proc.kill()
+        for proc in running.values():
+            proc.join()
+        errors.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
         bar.close()
 
 

@@ -87,3 +87,28 @@ def test_prefix_attention_matches_the_models_own_attention(fitted_tiny_model):
     torch.testing.assert_close(
         base.score(whole), logp.gather(-1, whole[:, 1:, None]).squeeze(-1), rtol=0, atol=1e-5
     )
+
+
+def test_a_windowed_model_keeps_its_own_attention(tmp_path, tiny_model):
+    """Prefix attention builds no mask, so a sliding-window model must keep the library's
+    own attention (which applies the window); its log-probs then match a full forward."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from klbudget.base.hf import PREFIX_ATTENTION, HFBase
+
+    tok = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    cfg = MistralConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, sliding_window=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    MistralForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    base = HFBase(tmp_path)
+    assert base.model.config._attn_implementation != PREFIX_ATTENTION
+    ids = torch.randint(0, base.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    got = base.reset(ids[:, :6], capacity=12).logp
+    for t in range(6, 9):
+        got = base.step(ids[:, t]).logp
+    want = base.model(input_ids=ids).logits[:, -1].log_softmax(-1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

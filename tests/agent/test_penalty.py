@@ -287,3 +287,36 @@ def test_penalty_run_saves_resumes_and_evaluates(tiny_model, tmp_path):
     assert min(agent_kl) > 0.0  # the trained penalty agent is not β
     kl = result["eval"]["agent_L40"]["kl_to_base"]
     assert kl["over_budget_frac"] == 0.0 and kl["exact_max"] == pytest.approx(max(agent_kl))
+
+
+def test_the_update_replays_each_step_from_the_rollouts_alpha(tiny_model, monkeypatch):
+    """The rollout keeps each step's mixture weight, and PPO's replay of the step starts
+    the mixture's solve there (`alpha0`), row for row."""
+    import klbudget.agent.policy as policy
+
+    env = make_env(tiny_model, n=3, length=40, max_reply_tokens=4)
+    d, v = env.base.feature_dim + 2, env.base.num_actions
+    actor, critic = random_actor(d, v, 0.5, mixture=True), Critic(d, 8)
+    g = torch.Generator().manual_seed(7)
+    ep = run_episode(env, actor, critic, budget=5.0, mode="expected", budget_scale=10.0,
+                     generator=g, seed=3)  # fmt: skip
+    batch = ep.batch
+    assert batch.alpha_old is not None and batch.alpha_old.shape == (len(batch),)
+    assert ((batch.alpha_old > 0) & (batch.alpha_old < 1)).any()  # some steps were solved
+    seen = []
+    real = policy.fixed_kl_mixture
+
+    def spy(*args, alpha0=None, **kw):
+        seen.append(alpha0)
+        return real(*args, alpha0=alpha0, **kw)
+
+    monkeypatch.setattr(policy, "fixed_kl_mixture", spy)
+    cfg = PPOConfig(epochs=1, minibatch=len(batch))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (actor, critic)]
+    ppo_update(actor, critic, *opts, batch, cfg, kl_target_coef=0.0,
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert len(seen) == 1 and seen[0] is not None
+    assert torch.equal(seen[0].sort().values, batch.alpha_old.sort().values)
+    # With unchanged parameters the replay finds the rollout's own α.
+    replay = actor(batch.obs, batch.base_logp[:], batch.budget_left, alpha0=batch.alpha_old)
+    torch.testing.assert_close(replay.alpha, batch.alpha_old, rtol=1e-5, atol=0)

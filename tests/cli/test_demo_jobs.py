@@ -64,10 +64,12 @@ def test_a_workers_error_is_raised_in_the_caller(tmp_path, fitted_tiny_model):
         run_parallel([good, bad], None, 2, threads=1, progress=False)
 
 
-def test_job_count():
+def test_job_count(monkeypatch):
     assert job_count(1, 3) == 1
     assert job_count(5, 3) == 3
-    assert 1 <= job_count(0, 3) <= 3
+    for cores, agents, want in ((1, 3, 1), (2, 3, 3), (2, 12, 3), (16, 12, 12), (8, 1, 1)):
+        monkeypatch.setattr("os.cpu_count", lambda c=cores: c)
+        assert job_count(0, agents) == want, (cores, agents)
     with pytest.raises(ValueError, match="jobs must be >= 0"):
         job_count(-1, 3)
 
