@@ -17,7 +17,6 @@ Medians over the repetitions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from klbudget.agent.distributed import threads_per_process
+from klbudget.evaluation.records import load_rows
 
 PRESET = Path(__file__).resolve().parents[1] / "klbudget" / "presets" / "demo.toml"
 
@@ -41,12 +43,11 @@ def _command(model: str, steps: int, seed: int, out: Path, threads: int) -> list
 
 
 def _steps(run: Path) -> int:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return int(json.loads(lines[-1])["time/agent_steps"])
+    return int(load_rows(run / "metrics.jsonl")[-1]["time/agent_steps"])
 
 
 def _one_way(model: str, agents: int, steps: int, together: bool, root: Path) -> tuple[float, int]:
-    threads = max(1, (os.cpu_count() or 1) // agents) if together else 0
+    threads = threads_per_process(agents) if together else 0
     runs = [root / f"agent{i}" for i in range(agents)]
     cmds = [_command(model, steps, i, run, threads) for i, run in enumerate(runs)]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}

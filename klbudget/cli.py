@@ -74,8 +74,9 @@ def _train_process(processes: int, config_toml: str, out: str, resume: bool, pro
     import torch
 
     from klbudget import config as C
+    from klbudget.agent import distributed
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    torch.set_num_threads(distributed.threads_per_process(processes))
     cfg = C.from_dict(tomllib.loads(config_toml)).validate()
     # Bad input is the same for every process: rank 0 alone reports it.
     quiet = os.environ.get("RANK", "0") != "0"

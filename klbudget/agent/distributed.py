@@ -89,6 +89,12 @@ class Group:
 SINGLE = Group()
 
 
+def threads_per_process(processes: int) -> int:
+    """CPU threads for each of `processes` processes sharing this machine's cores (at
+    least one)."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def from_env(device: str = "cpu") -> Group:
     """The process group the launcher's environment describes (SINGLE without one)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -34,12 +34,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from klbudget.agent.distributed import threads_per_process
 from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import TAU_MEMBER, Trainer, build_env
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
-from klbudget.evaluation.records import parse_episode
+from klbudget.evaluation.records import RecordError, load_rows, parse_episode
 from klbudget.pipelines import DEMO_AGENTS
 from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
 from klbudget.pipelines.prior import empty_turn_costs
@@ -159,9 +160,10 @@ def run_demo(
     if n_jobs == 1:
         for i, job in enumerate(plan):
             say(f"[3/4] agent {i + 1}/{len(plan)}: {job.label} -> {job.run}", flush=True)
-            train_and_evaluate(job, world_dir, threads=0, progress=progress)
+            if not train_and_evaluate(job, world_dir, threads=0, progress=progress):
+                raise KeyboardInterrupt(f"{job.label}: stopped by a signal")
     else:
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        threads = threads_per_process(n_jobs)
         say(f"[3/4] {len(plan)} agents in {n_jobs} processes of {threads} thread(s) each:")
         for job in plan:
             say(f"      {job.label} -> {job.run}", flush=True)
@@ -253,9 +255,9 @@ def _steps_done(run: Path, last: int) -> int:
     """Agent steps in a run folder's last metrics line; `last` while there is none yet
     (or it is being written)."""
     try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        return int(json.loads(lines[-1])["time/agent_steps"]) if lines else last
-    except (OSError, ValueError, KeyError):
+        rows = load_rows(run / "metrics.jsonl")
+        return int(rows[-1]["time/agent_steps"]) if rows else last
+    except (OSError, RecordError, KeyError):
         return last
 
 
