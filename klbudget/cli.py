@@ -262,6 +262,24 @@ def _base_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_fixed(args: argparse.Namespace) -> int:
+    from klbudget.config import apply_overrides, preset
+    from klbudget.pipelines.prior import fixed_teacher, fixed_teacher_table
+
+    world = Path(args.world) if args.world else None
+    if world is not None and not (world / "world.json").is_file():
+        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    if args.episodes < 1:
+        raise UsageError("--episodes must be >= 1")
+    cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    results = [
+        fixed_teacher(cfg, text, episodes=args.episodes, seed=args.seed, world=world)
+        for text in args.texts or [""]
+    ]
+    print(fixed_teacher_table(results))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from klbudget.report.html import build_report
 
@@ -415,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
     bp.set_defaults(func=_base_prior)
+    bf = bsub.add_parser(
+        "fixed", help="return and KL of a teacher that writes the same turn every time"
+    )
+    bf.add_argument("texts", nargs="*", metavar="TEXT", help="teacher turns ('' or none: silent)")
+    bf.add_argument("--model", required=True, help="base model folder")
+    bf.add_argument("--world", default="", help="world folder: sort the replies by pool")
+    bf.add_argument("--episodes", type=int, default=64, help="conversations")
+    bf.add_argument("--seed", type=int, default=1, help="seed of the first conversation")
+    _add_set(bf, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
+    bf.set_defaults(func=_base_fixed)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)

@@ -225,3 +225,110 @@ def tag_costs(cfg: Config, res: PriorResult) -> PriorResult:
         if not np.isnan(res.costs[i, n]) and s + tag <= res.ids.shape[1]:
             out[i, n] = -float(logp[i, s - 1 : s - 1 + tag].sum())
     return PriorResult(out, res.first_tau, res.ids, res.starts)
+
+
+@dataclass(frozen=True)
+class FixedTeacher:
+    """Episodes of a teacher that writes the same turn every time (:func:`fixed_teacher`)."""
+
+    text: str  # the teacher's turn ('' is the silent teacher)
+    returns: np.ndarray  # (episodes,) summed sentiment reward of the student's replies
+    replies: np.ndarray  # (episodes,) student replies paid
+    costs: np.ndarray  # (episodes, turns) −log base of the n-th teacher turn (NaN: not reached)
+    pools: dict[str, float] | None  # share of the student's replies from each world pool
+
+    @property
+    def kl(self) -> np.ndarray:
+        """(episodes,) realized KL of writing the turn with certainty: Σ_n cost of turn n."""
+        return np.nansum(self.costs, axis=1)
+
+    def row(self, turns: int = 8) -> str:
+        """One line of :func:`fixed_teacher_table`."""
+        per = self.returns.sum() / max(self.replies.sum(), 1.0)
+        nth = np.nanmedian(self.costs[:, :turns], axis=0) if self.costs.size else []
+        pools = "" if self.pools is None else (
+            f" {self.pools['student']:7.2f} {self.pools['teacher']:7.2f}"
+        )  # fmt: skip
+        return (f"{self.text!r:36} {self.returns.mean():6.2f} {self.replies.mean():7.1f} "
+                f"{per:9.3f} {np.median(self.kl):7.2f}{pools}  "
+                + " ".join(f"{c:5.2f}" for c in nth))  # fmt: skip
+
+
+def fixed_teacher_table(results: list[FixedTeacher]) -> str:
+    """The results side by side, one line per teacher turn."""
+    pools = results and results[0].pools is not None
+    head = (f"{'teacher turn':36} {'return':>6} {'replies':>7} {'per reply':>9} {'KL':>7}"
+            + (f" {'student':>7} {'teacher':>7}" if pools else "")
+            + "  cost of the n-th turn (median nats)")  # fmt: skip
+    notes = [
+        "return: summed reply reward per episode; KL: median over episodes of Σ −log base of "
+        "the teacher's tokens (writing the turn with certainty).",
+    ]
+    if pools:
+        notes.append("student/teacher: share of the student's replies whose sentence is from "
+                     "the world's student pool / from τ's teacher pool.")  # fmt: skip
+    return "\n".join([head, *(r.row() for r in results), *notes])
+
+
+def fixed_teacher(
+    cfg: Config, text: str, *, episodes: int = 64, seed: int = 1, world: Path | None = None
+) -> FixedTeacher:
+    """``episodes`` conversations of the environment ``cfg`` describes in which every teacher
+    turn is ``text`` followed by the turn separator (the environment then writes the student's
+    tag), while the base writes the student's replies as in training. The silent teacher
+    (``text`` = '') and a τ-like turn repeated show what silence buys in reward and costs in
+    KL before any RL. With a world folder, each completed student reply is sorted by whose
+    pool its sentence comes from: the world's student's or τ's."""
+    if episodes < 1:
+        raise ValueError("episodes must be >= 1")
+    env = build_env(cfg, n_envs=episodes)
+    turn = env.text.encode(text + env.chat.separator)
+    queue: list[list[int]] = [[] for _ in range(episodes)]
+    costs: list[list[float]] = [[] for _ in range(episodes)]
+    returns = np.zeros(episodes)
+    obs, _ = env.reset(seed=seed)
+    while env.t < env.length:
+        actions = torch.zeros(episodes, dtype=torch.long)
+        for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
+            if not queue[i]:  # a new teacher turn begins
+                queue[i] = list(turn)
+                costs[i].append(0.0)
+            tok = queue[i].pop(0)
+            actions[i] = tok
+            costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        returns += reward.numpy()
+        for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
+            queue[i] = []  # the turn is over: the environment writes the student's tag
+        if bool((terminated | truncated).all()):
+            break
+    for i in range(episodes):
+        if queue[i]:  # a turn cut off by the end of the episode is not a whole turn
+            costs[i][-1] = math.nan
+    width = max(1, max(len(c) for c in costs))
+    table = np.full((episodes, width), np.nan)
+    for i, c in enumerate(costs):
+        table[i, : len(c)] = c
+    replies = np.array([len(r) for r in env.replies], dtype=np.float64)
+    pools = None if world is None else _reply_pools([t for r in env.replies for _, t in r], world)
+    return FixedTeacher(text, returns, replies, table, pools)
+
+
+def _reply_pools(replies: list[str], world: Path) -> dict[str, float]:
+    """Share of the non-empty student replies whose sentence is from the world's student
+    pool, from τ's teacher pool, or neither (openers allowed: each pool's parser reads them)."""
+    from klbudget.world.corpus import load_world
+
+    w = load_world(world)
+    counts = {"student": 0, "teacher": 0, "other": 0}
+    for text in replies:
+        if not text:
+            continue
+        if w.student.parse(text) is not None:
+            counts["student"] += 1
+        elif w.teacher.classify(text) is not None:
+            counts["teacher"] += 1
+        else:
+            counts["other"] += 1
+    total = max(sum(counts.values()), 1)
+    return {k: v / total for k, v in counts.items()}

@@ -133,3 +133,34 @@ def test_tau_in_the_class_makes_silence_impossible(tiny_folder, small_dir) -> No
     assert np.isposinf(res.costs).all(), res.costs
     assert res.member_costs is not None and np.isfinite(res.member_costs[0]).all()
     assert np.isposinf(res.member_costs[1]).all()  # τ's own price of the empty turn
+
+
+def test_the_silent_fixed_teacher_pays_the_empty_turn_prior(tiny_folder, small_dir) -> None:
+    """fixed_teacher(''): the same conversations as empty_turn_costs (same seed), so the same
+    costs turn by turn; its KL is their sum, its return the rewards the environment paid, and
+    a non-empty turn's replies are sorted into the world's pools."""
+    from klbudget.pipelines.prior import fixed_teacher, fixed_teacher_table
+
+    cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
+    prior = empty_turn_costs(cfg, episodes=3, turns=2, seed=4)
+    silent = fixed_teacher(cfg, "", episodes=3, seed=4, world=small_dir)
+    both = np.isfinite(prior.costs) & np.isfinite(silent.costs[:, :2])
+    assert both.sum() >= 3
+    np.testing.assert_allclose(silent.costs[:, :2][both], prior.costs[both], rtol=1e-6)
+    np.testing.assert_allclose(silent.kl, np.nansum(silent.costs, axis=1))
+    assert (silent.replies >= 1).all() and (silent.returns > 0).all()
+    assert silent.pools is not None and abs(sum(silent.pools.values()) - 1.0) < 1e-9
+    said = fixed_teacher(cfg, "Hello there.", episodes=2, seed=4)
+    assert said.pools is None and np.nanmin(said.costs) > 0.0  # a tiny model never says it
+    table = fixed_teacher_table([silent, said])
+    assert "''" in table and "'Hello there.'" in table
+
+
+def test_fixed_command_bad_input(tiny_folder, tmp_path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "klbudget.cli", "base", "fixed", "--model", str(tiny_folder),
+         "--world", str(tmp_path), ""],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "not a world folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
