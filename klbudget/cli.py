@@ -228,7 +228,7 @@ def _base_train(args: argparse.Namespace) -> int:
 
 def _base_prior(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
-    from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs, with_speakers
+    from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs
 
     world = Path(args.world)
     if not (world / "world.json").is_file():
@@ -244,11 +244,7 @@ def _base_prior(args: argparse.Namespace) -> int:
         raise UsageError("--speakers must be >= 0")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
     if args.names:
-        teacher, _, student = args.names.partition(",")
-        try:
-            cfg = with_speakers(cfg, teacher.strip(), student.strip())
-        except ValueError as err:
-            raise UsageError(f"--names: {err}") from err
+        cfg = _with_names(cfg, args.names)
     if args.speakers:
         print(speaker_survey(cfg, args.speakers, firsts or [0], args.episodes, args.turns, world))
         return 0
@@ -262,6 +258,17 @@ def _base_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_names(cfg, names: str):
+    """cfg speaking between the two names of --names TEACHER,STUDENT."""
+    from klbudget.pipelines.prior import with_speakers
+
+    teacher, _, student = names.partition(",")
+    try:
+        return with_speakers(cfg, teacher.strip(), student.strip())
+    except ValueError as err:
+        raise UsageError(f"--names: {err}") from err
+
+
 def _base_fixed(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
     from klbudget.pipelines.prior import fixed_teacher, fixed_teacher_table
@@ -272,6 +279,8 @@ def _base_fixed(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise UsageError("--episodes must be >= 1")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    if args.names:
+        cfg = _with_names(cfg, args.names)
     results = [
         fixed_teacher(cfg, text, episodes=args.episodes, seed=args.seed, world=world)
         for text in args.texts or [""]
@@ -441,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--world", default="", help="world folder: sort the replies by pool")
     bf.add_argument("--episodes", type=int, default=64, help="conversations")
     bf.add_argument("--seed", type=int, default=1, help="seed of the first conversation")
+    bf.add_argument(
+        "--names", default="", metavar="TEACHER,STUDENT",
+        help="speak between these two names, not the preset's (Teacher,Student: τ's own tags)",
+    )  # fmt: skip
     _add_set(bf, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
     bf.set_defaults(func=_base_fixed)
 

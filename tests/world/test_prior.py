@@ -157,10 +157,18 @@ def test_the_silent_fixed_teacher_pays_the_empty_turn_prior(tiny_folder, small_d
 
 
 def test_fixed_command_bad_input(tiny_folder, tmp_path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "klbudget.cli", "base", "fixed", "--model", str(tiny_folder),
-         "--world", str(tmp_path), ""],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 2 and "not a world folder" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "klbudget.cli", "base", "fixed", "--model", str(tiny_folder),
+             *args, ""],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    for args, message in [
+        (("--world", str(tmp_path)), "not a world folder"),
+        (("--names", "Eve,Eve"), "--names"),
+        (("--episodes", "0"), "--episodes"),
+    ]:
+        r = run(*args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
