@@ -144,7 +144,8 @@ def run_demo(
     plan = []  # every agent's config is checked before the first one trains
     for kind, budget, steps in agents:
         name = _run_name(kind, budget)
-        sets = [f"model.path={model}", f"budget.total={budget}"]
+        # Absolute paths: a run folder's config then resumes and evaluates from any folder.
+        sets = [f"model.path={model.resolve()}", f"budget.total={budget}"]
         sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
         cfg = apply_overrides(base_cfg, sets)
         cfg = _with_base(cfg, kind, members, world_dir).validate()
@@ -363,9 +364,10 @@ def _prior_table(prior: list[dict]) -> str:
 def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Config:
     if kind == "single":
         return cfg
+    folders = [str(m if m == TAU else m.resolve()) for m in members[1:]]
     return apply_overrides(cfg, [
-        f"base.kind={kind}", f"base.members={','.join(map(str, members[1:]))}",
-        f"base.world={world}",
+        f"base.kind={kind}", f"base.members={','.join(folders)}",
+        f"base.world={world.resolve()}",
     ])  # fmt: skip
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,13 @@ from klbudget.runs.folder import from_jsonable
 pytestmark = pytest.mark.slow
 
 
-def test_demo_tiny(tmp_path, capsys):
+def test_demo_tiny(tmp_path, capsys, monkeypatch):
+    # Relative --out and --cache, as the README's command has them: the run folders' configs
+    # must still name their model, members and world by absolute paths (checked below).
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo"
     rc = main([
-        "demo", "--out", str(out), "--budgets", "4", "--cache", str(tmp_path / "cache"),
+        "demo", "--out", "demo", "--budgets", "4", "--cache", "cache",
         "--eval-episodes", "4",
         "--world-set", "n_train=40", "--world-set", "n_heldout=6",
         "--imitator-set", "steps=4", "--imitator-set", "n_embd=32", "--imitator-set", "n_head=2",
@@ -81,3 +86,9 @@ def test_demo_tiny(tmp_path, capsys):
     assert cal["agent_minus_base"] is not None
     pess_cal = json.loads((out / "pessimistic_B4" / "eval" / "metrics.json").read_text())
     assert pess_cal["calibration"]["base"]["loss"] is not None
+    # A run folder resumes and evaluates from any working directory.
+    saved = tomllib.loads((out / "pessimistic_B4" / "config.toml").read_text())
+    folders = [saved["model"]["path"], saved["base"]["world"]]
+    folders += [m for m in saved["base"]["members"].split(",") if m != "tau"]
+    assert len(folders) == 3 and "tau" in saved["base"]["members"].split(",")
+    assert all(Path(f).is_absolute() and Path(f).is_dir() for f in folders), folders
