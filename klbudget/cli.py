@@ -207,13 +207,19 @@ def _world_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _world_folder(path: str) -> Path:
+    """The world folder at ``path``, or a usage error when it is not one."""
+    world = Path(path)
+    if not (world / "world.json").is_file():
+        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    return world
+
+
 def _base_train(args: argparse.Namespace) -> int:
     from klbudget.config import replace_fields
     from klbudget.world import ImitatorConfig, read_report, train_imitator
 
-    world = Path(args.world)
-    if not (world / "world.json").is_file():
-        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    world = _world_folder(args.world)
     cfg = replace_fields(ImitatorConfig(), args.set, "imitator")
     folder = train_imitator(world, cfg, args.cache)
     rep = read_report(folder)
@@ -230,9 +236,7 @@ def _base_prior(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
     from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs
 
-    world = Path(args.world)
-    if not (world / "world.json").is_file():
-        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    world = _world_folder(args.world)
     try:
         firsts = [int(x) for x in args.first_tau.split(",") if x.strip()]
     except ValueError as err:
@@ -273,11 +277,11 @@ def _base_fixed(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
     from klbudget.pipelines.prior import fixed_teacher, fixed_teacher_table
 
-    world = Path(args.world) if args.world else None
-    if world is not None and not (world / "world.json").is_file():
-        raise UsageError(f"{world} is not a world folder (no world.json); run klbudget world build")
+    world = _world_folder(args.world) if args.world else None
     if args.episodes < 1:
         raise UsageError("--episodes must be >= 1")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
     cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
     if args.names:
         cfg = _with_names(cfg, args.names)

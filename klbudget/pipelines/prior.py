@@ -245,7 +245,7 @@ class FixedTeacher:
     def row(self, turns: int = 8) -> str:
         """One line of :func:`fixed_teacher_table`."""
         per = self.returns.sum() / max(self.replies.sum(), 1.0)
-        nth = np.nanmedian(self.costs[:, :turns], axis=0) if self.costs.size else []
+        nth = np.nanmedian(self.costs[:, :turns], axis=0)
         pools = "" if self.pools is None else (
             f" {self.pools['student']:7.2f} {self.pools['teacher']:7.2f}"
         )  # fmt: skip

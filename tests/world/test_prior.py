@@ -168,6 +168,7 @@ def test_fixed_command_bad_input(tiny_folder, tmp_path) -> None:
         (("--world", str(tmp_path)), "not a world folder"),
         (("--names", "Eve,Eve"), "--names"),
         (("--episodes", "0"), "--episodes"),
+        (("--seed", "-1"), "--seed"),
     ]:
         r = run(*args)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
