@@ -54,6 +54,7 @@ class EnvConfig:
     length: int = 128  # an episode ends when the transcript holds this many tokens
     student_temperature: float = 0.05  # the environment samples the student at this temperature
     max_reply_tokens: int = 48  # a student reply longer than this is handed back to the teacher
+    max_turn_tokens: int = 0  # a teacher turn this long is handed to the student (0: no cap)
     prompt: str = DEFAULT_PROMPT  # fixed start of every transcript; ends with the teacher tag
     teacher_tag: str = "Teacher:"  # tag of the agent's turns
     student_tag: str = "Student:"  # tag of the environment's turns
@@ -248,6 +249,7 @@ RULES: dict[str, Rule] = {
     "env.length": _count(2, 1_000_000),
     "env.student_temperature": _pos(1e3),
     "env.max_reply_tokens": _count(1, 1_000_000),
+    "env.max_turn_tokens": _count(0, 1_000_000),
     "env.prompt": Rule(empty=False),
     "env.teacher_tag": Rule(empty=False),
     "env.student_tag": Rule(empty=False),

@@ -159,6 +159,7 @@ def build_env(
             chat=chat_format(cfg),
             student_temperature=cfg.env.student_temperature,
             max_reply_tokens=cfg.env.max_reply_tokens,
+            max_turn_tokens=cfg.env.max_turn_tokens,
             device=cfg.model.device,
             demonstrator=demonstrator,
         )

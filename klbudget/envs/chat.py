@@ -10,7 +10,9 @@ environment then writes the next speaker's tag ("Student:" after a teacher turn,
 after a student turn), so neither the agent nor a model that would name another speaker
 next can stall the chat, and the tag is never an agent action (an empty teacher turn is the
 separator alone). A student turn also ends after `max_reply_tokens`, when the environment
-writes the whole hand-back "\\n\\nTeacher:" itself. Each finished student
+writes the whole hand-back "\\n\\nTeacher:" itself; with `max_turn_tokens` > 0 a teacher
+turn that reaches that many tokens is handed over the same way ("\\n\\nStudent:", written by
+the environment, no agent action). Each finished student
 reply pays (s + 1)/2 with s its sentiment. A reply cut off by the end of the episode is
 scored as it stands if it has any content. The episode ends (truncated) when the transcript
 holds `length` tokens.
@@ -99,6 +101,7 @@ class ChatEnv:
         chat: ChatFormat | None = None,
         student_temperature: float = 0.05,
         max_reply_tokens: int = 48,
+        max_turn_tokens: int = 0,
         device: str | torch.device = "cpu",
         demonstrator: Callable[[ChatEnv, int], list[int]] | None = None,
     ) -> None:
@@ -115,9 +118,11 @@ class ChatEnv:
         self.length = length
         self.student_temperature = student_temperature
         self.max_reply_tokens = max_reply_tokens
+        self.max_turn_tokens = max_turn_tokens
         self.device = torch.device(device)
         self.prompt_ids = self.text.encode(self.chat.prompt)
         self.to_teacher_ids = self.text.encode(self.chat.to_teacher)
+        self.to_student_ids = self.text.encode(self.chat.to_student)
         # The tags as they tokenize after the separator (BPE may split a tag differently alone).
         self.teacher_tag_ids = self._after_separator(self.chat.teacher_tag)
         self.student_tag_ids = self._after_separator(self.chat.student_tag)
@@ -191,6 +196,15 @@ class ChatEnv:
                     # The teacher's turn is over; the student speaks next (the tag is the
                     # environment's, not an action, so it costs no KL).
                     conv.forced = list(self.student_tag_ids)
+                elif (
+                    not conv.forced
+                    and self.max_turn_tokens
+                    and len(conv.turn_ids) >= self.max_turn_tokens
+                    and not self._opens_separator(conv.turn_text)
+                ):
+                    # Too long: the environment hands the turn over (a turn that ends in
+                    # the first part of the separator is left to finish it).
+                    conv.forced = list(self.to_student_ids)
             elif not conv.forced:
                 if conv.turn_text.endswith(self.chat.to_teacher):
                     finished.append((i, conv.turn_start))
@@ -225,6 +239,10 @@ class ChatEnv:
         if full[: len(sep)] == sep and self.text.decode(full[len(sep) :]) == tag:
             return full[len(sep) :]
         return self.text.encode(tag)
+
+    def _opens_separator(self, text: str) -> bool:
+        sep = self.chat.separator
+        return any(text.endswith(sep[:j]) for j in range(1, len(sep)))
 
     def agent_turn(self) -> Tensor:
         """(N,) True where the next token is the agent's."""

@@ -78,6 +78,31 @@ def test_handover_switches_speaker_and_pays_reply(tiny_model):
         assert env.speaker[i, env.t - 1] == ENV
 
 
+def test_teacher_turn_cap_hands_over_without_an_action(tiny_model):
+    """With max_turn_tokens = 3 a teacher who never ends its turn is handed over after its
+    third token: the environment writes the hand-over (no agent action), the turn is
+    recorded, and the student speaks; without the cap the same teacher keeps the turn."""
+    for cap, handed in ((3, True), (0, False)):
+        env = make_env(tiny_model, n=2, length=40, max_turn_tokens=cap)
+        obs, _ = env.reset(seed=0)
+        a = env.text.encode(" a")[0]
+        acted = 0
+        for _ in range(3 + len(env.to_student_ids)):
+            if obs["agent_turn"].all():
+                acted += 1
+            obs, *_ = env.step(torch.full((2,), a))
+        if handed:
+            assert acted == 3  # the hand-over tokens were not the agent's to choose
+            assert not obs["agent_turn"].any()
+            assert all(len(turns) == 1 and turns[0] == env.text.decode([a] * 3).strip()
+                       for turns in env.teacher_turns)  # fmt: skip
+            for i in range(2):
+                assert env.transcript(i).endswith(SHORT.to_student)
+        else:
+            assert acted == 3 + len(env.to_student_ids)
+            assert obs["agent_turn"].all() and env.teacher_turns == [[], []]
+
+
 def test_student_reply_ends_at_the_separator(tiny_model):
     """A student model that names the wrong speaker after the separator (as small imitators
     do under speaker names) cannot stall the chat: the environment writes the teacher tag."""
