@@ -87,7 +87,9 @@ class World:
             n += count_pretokens(turn_piece(self.fmt, "student", r))
         return style, turns
 
-    def sample_peer_chat(self, rng: np.random.Generator, quiet_share: float) -> list[Turn]:
+    def sample_peer_chat(
+        self, rng: np.random.Generator, quiet_share: float, single_quiet: bool = False
+    ) -> list[Turn]:
         """Turns of a chat between two of the world's students (no τ in it): the first
         speaker's turns are labelled "teacher", the second's "student", for rendering.
 
@@ -95,11 +97,17 @@ class World:
         the other's last turn (which τ could not have written, so the reply mix is the
         average row), and is quiet with probability ``quiet_share``, drawn once: after a
         first turn that always says something, a quiet speaker says nothing with probability
-        ``quiet_rate``. The same length rule as :meth:`sample_transcript`. These are the
-        other conversations a pretrained base has read; none of them is τ's.
+        ``quiet_rate``. With ``single_quiet`` at most one of the two is quiet, as in τ's
+        conversations: with probability ``quiet_share`` one of them, in a random seat. The
+        same length rule as :meth:`sample_transcript`. These are the other conversations a
+        pretrained base has read; none of them is τ's.
         """
         student = self.student
-        quiet = [bool(rng.random() < quiet_share) for _ in range(2)]
+        if single_quiet:
+            seat = int(rng.integers(2)) if rng.random() < quiet_share else -1
+            quiet = [seat == 0, seat == 1]
+        else:
+            quiet = [bool(rng.random() < quiet_share) for _ in range(2)]
         turns: list[Turn] = []
         n = count_pretokens(self.fmt.prompt)
         roles = ("teacher", "student")

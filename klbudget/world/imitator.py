@@ -70,6 +70,7 @@ class ImitatorConfig:
     rename_fraction: float = 0.8  # share of transcripts fitted with random speaker names
     peer_transcripts: int = 0  # chats between two world students added to the fit (no τ)
     peer_quiet: float = 0.5  # share of quiet speakers in those chats
+    peer_single_quiet: bool = False  # at most one quiet speaker per peer chat (odds: peer_quiet)
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -82,7 +83,13 @@ def _file_digest(path: Path) -> str:
 
 # Fields added after the first release enter the cache key only when they differ from their
 # default, so folders trained before they existed keep their keys.
-_LATER_FIELDS = {"train_fraction": 1.0, "bootstrap": 0, "peer_transcripts": 0, "peer_quiet": 0.5}
+_LATER_FIELDS = {
+    "train_fraction": 1.0,
+    "bootstrap": 0,
+    "peer_transcripts": 0,
+    "peer_quiet": 0.5,
+    "peer_single_quiet": False,
+}
 N_SPEAKER_NAMES = 400  # pool of names for speaker renaming
 
 
@@ -114,7 +121,7 @@ def rename_speakers(texts: Sequence[str], fmt: ChatFormat, fraction: float, seed
     return out
 
 
-def peer_texts(world: World, n: int, quiet_share: float) -> list[str]:
+def peer_texts(world: World, n: int, quiet_share: float, single_quiet: bool = False) -> list[str]:
     """``n`` rendered chats between two of the world's students (corpus.World.sample_peer_chat),
     every one with both speakers renamed, so that no peer ever speaks under τ's tag.
 
@@ -127,7 +134,9 @@ def peer_texts(world: World, n: int, quiet_share: float) -> list[str]:
         )
     texts = [
         world.fmt.render(
-            world.sample_peer_chat(np.random.default_rng([world.cfg.seed, 8, k]), quiet_share)
+            world.sample_peer_chat(
+                np.random.default_rng([world.cfg.seed, 8, k]), quiet_share, single_quiet
+            )
         )
         for k in range(n)
     ]
@@ -447,7 +456,7 @@ def train_imitator(
     tokenizer = train_tokenizer([*(r["text"] for r in train), *names], cfg.vocab_size)
     fitted = demonstrations(train, cfg)
     texts = rename_speakers([r["text"] for r in fitted], world.fmt, cfg.rename_fraction, cfg.seed)
-    texts += peer_texts(world, cfg.peer_transcripts, cfg.peer_quiet)
+    texts += peer_texts(world, cfg.peer_transcripts, cfg.peer_quiet, cfg.peer_single_quiet)
     # Whole-text tokenization equals piecewise (canonical) tokenization (tokenizer.py).
     inputs, targets = _windows(
         [encode(tokenizer, t) for t in texts], cfg.block_size + 1, tokenizer.eos_token_id

@@ -151,3 +151,21 @@ def test_peer_chats_hold_no_tau_and_quiet_speakers_start_by_speaking(quiet_dir) 
         assert world.fmt.teacher_tag not in text and world.fmt.student_tag not in text
     with pytest.raises(ValueError, match="peer"):
         peer_texts(world, -1, 0.5)
+
+
+def test_single_quiet_peer_chats_silence_one_seat_only(quiet_dir) -> None:
+    """With ``single_quiet`` at most one speaker of a peer chat is ever silent, each seat in
+    some chats, and the other keeps answering with student lines."""
+    world = load_world(quiet_dir)
+    seats_silent = {0: 0, 1: 0}
+    for k in range(60):
+        turns = world.sample_peer_chat(np.random.default_rng([0, k]), 1.0, single_quiet=True)
+        silent = {i % 2 for i, (_, content) in enumerate(turns) if not content}
+        assert len(silent) <= 1, "two quiet speakers in one chat"
+        for seat in silent:
+            seats_silent[seat] += 1
+            talker = [c for i, (_, c) in enumerate(turns) if i % 2 != seat]
+            assert all(world.student.parse(c) is not None for c in talker)
+    assert seats_silent[0] > 0 and seats_silent[1] > 0
+    never = [world.sample_peer_chat(np.random.default_rng([1, k]), 0.0, True) for k in range(20)]
+    assert all(content for turns in never for _, content in turns)
