@@ -129,11 +129,12 @@ def empty_turn_costs(
                     per_member[:, i, n] = [
                         _add_cost(c, x) for c, x in zip(per_member[:, i, n], nll, strict=True)
                     ]
-        if all(s >= first_tau + turns for s in started) and not any(queue):
-            break
         obs, *_ = env.step(actions)
-        for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
-            queue[i] = []  # the turn is over: what is left of τ's is the environment's tag
+        if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
+            for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
+                queue[i] = []  # the turn is over: what is left of τ's is the environment's tag
+        if all(s >= first_tau + turns for s in started) and not any(queue):
+            break  # every costed turn is written, its last token included
     # A turn cut off by the end of the episode is not a whole empty turn.
     for i in range(episodes):
         if queue[i] and silent[i] >= 0:
@@ -298,8 +299,9 @@ def fixed_teacher(
             costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
         obs, reward, terminated, truncated, _ = env.step(actions)
         returns += reward.numpy()
-        for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
-            queue[i] = []  # the turn is over: the environment writes the student's tag
+        if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
+            for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
+                queue[i] = []  # the turn is over: the environment writes the student's tag
         if bool((terminated | truncated).all()):
             break
     for i in range(episodes):

@@ -39,6 +39,7 @@ from klbudget.world.token_model import TeacherTokenModel, check_split
 from klbudget.world.tokenizer import encode, train_tokenizer, transcript_pieces, turn_piece
 from klbudget.world.trie import TurnPieces
 
+PEER_HEADER = "The following is a conversation between two students. Each replies to the other."
 IMITATOR_VERSION = 3  # bumped when training code changes what a config produces
 REPORT_FILE = "imitator.json"
 
@@ -68,9 +69,14 @@ class ImitatorConfig:
     train_fraction: float = 1.0  # fit β on the first fraction of the training transcripts
     bootstrap: int = 0  # > 0: fit on a bootstrap resample (with replacement) drawn with this seed
     rename_fraction: float = 0.8  # share of transcripts fitted with random speaker names
-    peer_transcripts: int = 0  # chats between two world students added to the fit (no τ)
-    peer_quiet: float = 0.5  # share of quiet speakers in those chats
-    peer_single_quiet: bool = False  # at most one quiet speaker per peer chat (odds: peer_quiet)
+    # Chats between two world students added to the fit (no τ in them): the other
+    # conversations a pretrained base has read. At most one of the two is quiet, as in τ's
+    # conversations, and their prompt says they are between two students. Measured (README):
+    # with them β's student answers a silent teacher with warmer lines, and silence pays.
+    peer_transcripts: int = 2000
+    peer_quiet: float = 0.5  # chance of a quiet speaker per chat (per speaker if not single)
+    peer_single_quiet: bool = True  # at most one quiet speaker per peer chat
+    peer_header: str = PEER_HEADER  # first paragraph of the peer chats' prompt ("": the world's)
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
@@ -89,6 +95,7 @@ _LATER_FIELDS = {
     "peer_transcripts": 0,
     "peer_quiet": 0.5,
     "peer_single_quiet": False,
+    "peer_header": "",
 }
 N_SPEAKER_NAMES = 400  # pool of names for speaker renaming
 
@@ -121,9 +128,13 @@ def rename_speakers(texts: Sequence[str], fmt: ChatFormat, fraction: float, seed
     return out
 
 
-def peer_texts(world: World, n: int, quiet_share: float, single_quiet: bool = False) -> list[str]:
+def peer_texts(
+    world: World, n: int, quiet_share: float, single_quiet: bool = False, header: str = ""
+) -> list[str]:
     """``n`` rendered chats between two of the world's students (corpus.World.sample_peer_chat),
-    every one with both speakers renamed, so that no peer ever speaks under τ's tag.
+    every one with both speakers renamed, so that no peer ever speaks under τ's tag. A
+    non-empty ``header`` replaces the prompt's first paragraph (the world's says the chat is
+    between a teacher and a student), so that the prompt tells a peer chat from τ's.
 
     What they add is the speaker-generic regularity a pretrained base brings: someone who has
     said nothing tends to say nothing again, whoever they are. Chat k uses its own stream.
@@ -132,8 +143,12 @@ def peer_texts(world: World, n: int, quiet_share: float, single_quiet: bool = Fa
         raise ValueError(
             f"peer_transcripts must be >= 0 and peer_quiet in [0, 1], got {n}, {quiet_share}"
         )
+    fmt = world.fmt
+    if header:
+        head, sep, rest = fmt.prompt.partition("\n\n")
+        fmt = replace(fmt, prompt=header + sep + rest if sep else header + head)
     texts = [
-        world.fmt.render(
+        fmt.render(
             world.sample_peer_chat(
                 np.random.default_rng([world.cfg.seed, 8, k]), quiet_share, single_quiet
             )
@@ -456,7 +471,9 @@ def train_imitator(
     tokenizer = train_tokenizer([*(r["text"] for r in train), *names], cfg.vocab_size)
     fitted = demonstrations(train, cfg)
     texts = rename_speakers([r["text"] for r in fitted], world.fmt, cfg.rename_fraction, cfg.seed)
-    texts += peer_texts(world, cfg.peer_transcripts, cfg.peer_quiet, cfg.peer_single_quiet)
+    texts += peer_texts(
+        world, cfg.peer_transcripts, cfg.peer_quiet, cfg.peer_single_quiet, cfg.peer_header
+    )
     # Whole-text tokenization equals piecewise (canonical) tokenization (tokenizer.py).
     inputs, targets = _windows(
         [encode(tokenizer, t) for t in texts], cfg.block_size + 1, tokenizer.eos_token_id

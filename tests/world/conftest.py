@@ -66,6 +66,7 @@ TINY_IMITATOR = ImitatorConfig(
     warmup_steps=5,
     eval_transcripts=4,
     probe_samples=1,
+    peer_transcripts=20,
 )
 
 

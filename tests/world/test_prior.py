@@ -32,7 +32,10 @@ def test_costs_match_teacher_forced_scores(tiny_folder, small_dir) -> None:
             s = res.starts[e, n]
             if s < 0 or not np.isfinite(res.costs[e, n]):
                 continue
-            assert res.ids[e, s : s + len(empty)].tolist() == empty
+            # An empty turn written at the end of the episode is whole (the agent wrote its
+            # separator) though the hand-over after it does not fit.
+            got = res.ids[e, s : s + len(empty)].tolist()
+            assert len(got) >= sep and got == empty[: len(got)]
             expected = -logp[e, s - 1 : s - 1 + sep].sum()
             assert abs(res.costs[e, n] - expected) < 1e-3
             checked += 1

@@ -169,3 +169,16 @@ def test_single_quiet_peer_chats_silence_one_seat_only(quiet_dir) -> None:
     assert seats_silent[0] > 0 and seats_silent[1] > 0
     never = [world.sample_peer_chat(np.random.default_rng([1, k]), 0.0, True) for k in range(20)]
     assert all(content for turns in never for _, content in turns)
+
+
+def test_peer_header_replaces_the_prompts_first_paragraph(quiet_dir) -> None:
+    from klbudget.world.imitator import peer_texts
+
+    world = load_world(quiet_dir)
+    head, _, rest = world.fmt.prompt.partition("\n\n")
+    plain = peer_texts(world, 3, 0.5, True)
+    headed = peer_texts(world, 3, 0.5, True, header="Two students chat.")
+    assert all(t.startswith(head + "\n\n") for t in plain)
+    for a, b in zip(plain, headed, strict=True):
+        assert b.startswith("Two students chat.\n\n") and head not in b
+        assert a[len(head) :] == b[len("Two students chat.") :]  # the chat itself is unchanged
