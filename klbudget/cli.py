@@ -286,7 +286,9 @@ def _base_fixed(args: argparse.Namespace) -> int:
     if args.names:
         cfg = _with_names(cfg, args.names)
     results = [
-        fixed_teacher(cfg, text, episodes=args.episodes, seed=args.seed, world=world)
+        fixed_teacher(
+            cfg, text, episodes=args.episodes, seed=args.seed, world=world, before=args.before
+        )
         for text in args.texts or [""]
     ]
     print(fixed_teacher_table(results))
@@ -454,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--world", default="", help="world folder: sort the replies by pool")
     bf.add_argument("--episodes", type=int, default=64, help="conversations")
     bf.add_argument("--seed", type=int, default=1, help="seed of the first conversation")
+    bf.add_argument(
+        "--before", action="append", default=[], metavar="TEXT",
+        help="a teacher turn written before the fixed ones (repeatable, in order); the "
+        "costs, reward per reply and pools then count only the fixed turns and their replies",
+    )  # fmt: skip
     bf.add_argument(
         "--names", default="", metavar="TEACHER,STUDENT",
         help="speak between these two names, not the preset's (Teacher,Student: τ's own tags)",

@@ -19,6 +19,7 @@ transcripts (whose student is member 0, as in training).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch
 
 from klbudget.agent.trainer import build_env
 from klbudget.config import Config
+from klbudget.rewards.sentiment import reply_reward
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class FixedTeacher:
     replies: np.ndarray  # (episodes,) student replies paid
     costs: np.ndarray  # (episodes, turns) −log base of the n-th teacher turn (NaN: not reached)
     pools: dict[str, float] | None  # share of the student's replies from each world pool
+    per_reply: float  # mean reward of the replies to the fixed turn (after any `before` turns)
 
     @property
     def kl(self) -> np.ndarray:
@@ -245,7 +248,7 @@ class FixedTeacher:
 
     def row(self, turns: int = 8) -> str:
         """One line of :func:`fixed_teacher_table`."""
-        per = self.returns.sum() / max(self.replies.sum(), 1.0)
+        per = self.per_reply
         nth = np.nanmedian(self.costs[:, :turns], axis=0)
         pools = "" if self.pools is None else (
             f" {self.pools['student']:7.2f} {self.pools['teacher']:7.2f}"
@@ -272,18 +275,28 @@ def fixed_teacher_table(results: list[FixedTeacher]) -> str:
 
 
 def fixed_teacher(
-    cfg: Config, text: str, *, episodes: int = 64, seed: int = 1, world: Path | None = None
+    cfg: Config,
+    text: str,
+    *,
+    episodes: int = 64,
+    seed: int = 1,
+    world: Path | None = None,
+    before: Sequence[str] = (),
 ) -> FixedTeacher:
     """``episodes`` conversations of the environment ``cfg`` describes in which every teacher
     turn is ``text`` followed by the turn separator (the environment then writes the student's
     tag), while the base writes the student's replies as in training. The silent teacher
     (``text`` = '') and a τ-like turn repeated show what silence buys in reward and costs in
     KL before any RL. With a world folder, each completed student reply is sorted by whose
-    pool its sentence comes from: the world's student's or τ's."""
+    pool its sentence comes from: the world's student's or τ's. ``before``: teacher turns
+    written first, in order; the costs, the reward per reply and the pools then count only
+    the fixed turns and the replies to them (the return is the whole episode's)."""
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     env = build_env(cfg, n_envs=episodes)
     turn = env.text.encode(text + env.chat.separator)
+    first = [env.text.encode(t + env.chat.separator) for t in before]
+    begun = [0] * episodes
     queue: list[list[int]] = [[] for _ in range(episodes)]
     costs: list[list[float]] = [[] for _ in range(episodes)]
     returns = np.zeros(episodes)
@@ -292,11 +305,14 @@ def fixed_teacher(
         actions = torch.zeros(episodes, dtype=torch.long)
         for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
             if not queue[i]:  # a new teacher turn begins
-                queue[i] = list(turn)
-                costs[i].append(0.0)
+                k, begun[i] = begun[i], begun[i] + 1
+                queue[i] = list(first[k] if k < len(first) else turn)
+                if k >= len(first):
+                    costs[i].append(0.0)
             tok = queue[i].pop(0)
             actions[i] = tok
-            costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
+            if begun[i] > len(first):
+                costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
         obs, reward, terminated, truncated, _ = env.step(actions)
         returns += reward.numpy()
         if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
@@ -305,15 +321,17 @@ def fixed_teacher(
         if bool((terminated | truncated).all()):
             break
     for i in range(episodes):
-        if queue[i]:  # a turn cut off by the end of the episode is not a whole turn
+        if queue[i] and costs[i]:  # a turn cut off by the end of the episode is not whole
             costs[i][-1] = math.nan
     width = max(1, max(len(c) for c in costs))
     table = np.full((episodes, width), np.nan)
     for i, c in enumerate(costs):
         table[i, : len(c)] = c
     replies = np.array([len(r) for r in env.replies], dtype=np.float64)
-    pools = None if world is None else _reply_pools([t for r in env.replies for _, t in r], world)
-    return FixedTeacher(text, returns, replies, table, pools)
+    answers = [t for r in env.replies for _, t in r[len(first) :]]  # the fixed turns' replies
+    paid = [reply_reward(s) for s in env.sentiment(answers)] if answers else [0.0]
+    pools = None if world is None else _reply_pools(answers, world)
+    return FixedTeacher(text, returns, replies, table, pools, float(np.mean(paid)))
 
 
 def _reply_pools(replies: list[str], world: Path) -> dict[str, float]:

@@ -157,6 +157,25 @@ def test_the_silent_fixed_teacher_pays_the_empty_turn_prior(tiny_folder, small_d
     assert said.pools is None and np.nanmin(said.costs) > 0.0  # a tiny model never says it
     table = fixed_teacher_table([silent, said])
     assert "''" in table and "'Hello there.'" in table
+    # Without turns before it, the reward per reply is the episodes' paid reward per reply.
+    assert abs(silent.per_reply - silent.returns.sum() / silent.replies.sum()) < 1e-6  # float32
+
+
+def test_fixed_teacher_after_other_turns_costs_only_the_fixed_ones(tiny_folder) -> None:
+    """``before``: those turns are written first and cost nothing in the table; the fixed
+    turns that follow are the silent teacher's, costed from the first of them."""
+    from klbudget.pipelines.prior import fixed_teacher
+
+    cfg = apply_overrides(preset("demo"), [f"model.path={tiny_folder}", "env.length=120"])
+    plain = fixed_teacher(cfg, "", episodes=2, seed=4)
+    after = fixed_teacher(cfg, "", episodes=2, seed=4, before=["Hello there.", "Thanks."])
+    said = fixed_teacher(cfg, "Hello there.", episodes=2, seed=4)
+    # The first costed turn is a silence, not the greeting that cost many nats.
+    assert np.nanmax(after.costs[:, 0]) < np.nanmin(said.costs[:, 0])
+    assert np.isfinite(after.costs[:, 0]).all()
+    # Fewer turns are costed: two of the episode's teacher turns were the prefix.
+    assert np.isfinite(after.costs).sum() < np.isfinite(plain.costs).sum()
+    assert 0.0 <= after.per_reply <= 1.0
 
 
 def test_fixed_command_bad_input(tiny_folder, tmp_path) -> None:
