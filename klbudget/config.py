@@ -412,7 +412,10 @@ def replace_fields(obj: Any, overrides: list[str], what: str) -> Any:
             known = ", ".join(hints)
             raise ConfigError(f"bad {what} override {item!r}; keys: {known}")
         changes[key] = _coerce(_parse_value(raw), hints[key], f"{what}.{key}")
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as err:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(f"bad {what} override: {err}") from err
 
 
 def to_toml(cfg: Config) -> str:

@@ -78,6 +78,13 @@ class ImitatorConfig:
     peer_single_quiet: bool = True  # at most one quiet speaker per peer chat
     peer_header: str = PEER_HEADER  # first paragraph of the peer chats' prompt ("": the world's)
 
+    def __post_init__(self) -> None:
+        if self.peer_transcripts < 0 or not 0.0 <= self.peer_quiet <= 1.0:
+            raise ValueError(
+                f"peer_transcripts must be >= 0 and peer_quiet in [0, 1], "
+                f"got {self.peer_transcripts}, {self.peer_quiet}"
+            )
+
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
         return asdict(self)

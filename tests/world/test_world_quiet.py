@@ -182,3 +182,12 @@ def test_peer_header_replaces_the_prompts_first_paragraph(quiet_dir) -> None:
     for a, b in zip(plain, headed, strict=True):
         assert b.startswith("Two students chat.\n\n") and head not in b
         assert a[len(head) :] == b[len("Two students chat.") :]  # the chat itself is unchanged
+
+
+def test_bad_peer_fields_are_a_config_error() -> None:
+    from klbudget.config import ConfigError, replace_fields
+    from klbudget.world.imitator import ImitatorConfig
+
+    for item in ["peer_quiet=2", "peer_quiet=-0.1", "peer_transcripts=-1"]:
+        with pytest.raises(ConfigError, match="peer_transcripts must be >= 0"):
+            replace_fields(ImitatorConfig(), [item], "imitator")
