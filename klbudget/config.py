@@ -98,6 +98,9 @@ class PPOConfig:
     clip: float = 0.1  # PPO ratio clip ε
     epochs: int = 8  # passes over each batch
     minibatch: int = 512  # agent steps per gradient step
+    # rows per forward/backward pass within a minibatch (the same gradient, summed over the
+    # parts); 0: as many as keep one (rows, actions) float32 tensor within 24 MB
+    microbatch: int = 0
     ent_coef: float = 1e-4  # entropy bonus of the played distribution
     max_grad_norm: float = 0.1  # gradient-norm clip
     actor_lr: float = 2e-5  # Adam learning rate of the actor head
@@ -273,6 +276,7 @@ RULES: dict[str, Rule] = {
     "ppo.clip": _pos(10.0),
     "ppo.epochs": _count(1, 10_000),
     "ppo.minibatch": _count(1, 1_000_000_000),
+    "ppo.microbatch": _count(0, 1_000_000_000),
     "ppo.ent_coef": _nonneg(1e6),
     "ppo.max_grad_norm": _pos(1e12),
     "ppo.actor_lr": _pos(1e3),

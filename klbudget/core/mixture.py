@@ -35,6 +35,10 @@ import torch
 from torch import Tensor
 
 _SMALL_DELTA = 1e-3  # below this |δ| the series of φ is more accurate than the closed form
+# The solve's float64 (rows, V) tensors stay within this many bytes (rows are solved a few
+# at a time): large ones are fresh pages from the system on every allocation, which cost
+# more than the arithmetic (README, "Benchmarks"), and small ones stay in cache.
+SOLVE_BYTES = 1 << 20
 
 
 class MixtureOut(NamedTuple):
@@ -129,7 +133,7 @@ def fixed_kl_mixture(
     k = torch.as_tensor(k, dtype=log_a.dtype, device=log_a.device).expand(log_a.shape[:-1])
     v = log_a.shape[-1]
     guess = None if alpha0 is None else alpha0.detach().reshape(-1)
-    alpha_star, kl_star = _solve_alpha(
+    alpha_star, kl_star, log_x = _solve_alpha(
         log_a.detach().reshape(-1, v),
         log_b.detach().reshape(-1, v),
         k.detach().reshape(-1),
@@ -137,24 +141,15 @@ def fixed_kl_mixture(
         guess,
     )
     alpha_star, kl_star = alpha_star.reshape(k.shape), kl_star.reshape(k.shape)
+    log_x = log_x.reshape(log_a.shape)
     if torch.is_grad_enabled() and (log_a.requires_grad or k.requires_grad):
         if autograd or log_b.requires_grad:
             return _mixture_autograd(log_a, log_b, k, alpha_star, kl_star)
         # The solver normalises internally; do the same here so gradients see it too.
         log_a = log_a - torch.logsumexp(log_a, -1, keepdim=True)
         log_b = log_b - torch.logsumexp(log_b, -1, keepdim=True)
-        return MixtureOut(*_Mixture.apply(log_a, log_b, k, alpha_star, kl_star))
-    return MixtureOut(_mix(log_a, log_b, alpha_star), kl_star, alpha_star)
-
-
-def _mix(log_a: Tensor, log_b: Tensor, alpha: Tensor) -> Tensor:
-    """log(α·a + (1 − α)·b), exactly b at α = 0 and exactly a at α = 1."""
-    zero, one = (alpha == 0).unsqueeze(-1), (alpha == 1).unsqueeze(-1)
-    a_safe = torch.where(zero | one, torch.full_like(alpha.unsqueeze(-1), 0.5), alpha.unsqueeze(-1))
-    # No gradient flows through here (autograd uses _mixture_autograd), so the plain
-    # logaddexp serves: it is -inf where both are.
-    mixed = torch.logaddexp(a_safe.log() + log_a, torch.log1p(-a_safe) + log_b)
-    return torch.where(zero, log_b, torch.where(one, log_a, mixed))
+        return MixtureOut(*_Mixture.apply(log_a, log_b, k, alpha_star, kl_star, log_x))
+    return MixtureOut(log_x, kl_star, alpha_star)
 
 
 class _Mixture(torch.autograd.Function):
@@ -169,8 +164,10 @@ class _Mixture(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_a, log_b, k, alpha_star, kl_star):  # noqa: ARG004
-        log_x = _mix(log_a, log_b, alpha_star)
+    def forward(ctx, log_a, log_b, k, alpha_star, kl_star, mixed):  # noqa: ARG004
+        # The solver's log x, with the endpoints exactly the (normalised) a and b.
+        zero, one = (alpha_star == 0).unsqueeze(-1), (alpha_star == 1).unsqueeze(-1)
+        log_x = torch.where(zero, log_b, torch.where(one, log_a, mixed))
         ctx.save_for_backward(log_a, log_b, log_x, alpha_star)
         ctx.mark_non_differentiable(log_b)
         return log_x, kl_star.clone(), alpha_star.clone()
@@ -213,7 +210,7 @@ class _Mixture(torch.autograd.Function):
             share = torch.where(ok, gk - d_al, gk).unsqueeze(-1)
             g_a[inner] = al.unsqueeze(-1) * (gx * a_over_x + a * L * share)
             dk[inner] = d_al
-        return g_a.reshape(shape), None, dk.reshape(shape[:-1]), None, None
+        return g_a.reshape(shape), None, dk.reshape(shape[:-1]), None, None, None
 
 
 def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
@@ -251,13 +248,28 @@ def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
 @torch.no_grad()
 def _solve_alpha(
     log_a: Tensor, log_b: Tensor, k: Tensor, iters: int, alpha0: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Root α of KL(x_α‖b) = k on [0, 1] and the KL it achieves, never above k.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Root α of KL(x_α‖b) = k on [0, 1], the KL it achieves (never above k), and log x_α.
 
     Runs in float64 on precomputed d = a/b − 1, so one iteration costs one log1p and one
     batched matrix product per row: L = log(1 + αd), [Σ b·L, f'] = L·[b, a − b],
-    f = Σ b·L + α·f'. Float64 matters: f is O(α²) while its terms are O(α).
+    f = Σ b·L + α·f'. Float64 matters: f is O(α²) while its terms are O(α). The last
+    iteration's L is log(x/b) at the returned α, so log x = log b + L costs one addition;
+    rows at α = 0 and α = 1 return log b and log a as given.
     """
+    step = max(1, SOLVE_BYTES // (8 * log_a.shape[-1]))
+    if log_a.shape[0] > step:  # rows are independent: solve a few at a time
+        parts = [
+            _solve_alpha(
+                log_a[i : i + step],
+                log_b[i : i + step],
+                k[i : i + step],
+                iters,
+                None if alpha0 is None else alpha0[i : i + step],
+            )
+            for i in range(0, log_a.shape[0], step)
+        ]
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
     # Stop at the precision of the caller's dtype: the back-off below keeps f ≤ k anyway.
     tol = 1e-10 if log_a.dtype == torch.float64 else 1e-6
     kk = k.double()
@@ -271,8 +283,9 @@ def _solve_alpha(
     active = ~(full | none)
     alpha = torch.where(full, torch.ones_like(kk), torch.zeros_like(kk))
     kl = torch.where(full, f1, torch.zeros_like(kk))
+    log_x = torch.where(full.unsqueeze(-1), log_a, log_b)
     if not bool(active.any()):
-        return alpha.to(log_a.dtype), kl.to(log_a.dtype)
+        return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x
 
     rows = active.nonzero().squeeze(-1)
     a = log_a[rows].double().exp()
@@ -284,10 +297,10 @@ def _solve_alpha(
     d = (a - b) / b.clamp(min=1e-300)
     kr = kk[rows]
 
-    def f_df(al: Tensor, d: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    def f_df(al: Tensor, d: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         L = torch.log1p(al.unsqueeze(-1) * d)  # (R, V); 1 + αd > 0 since d ≥ −1
         s = torch.bmm(L.unsqueeze(1), w).squeeze(1)  # (R, 2)
-        return s[:, 0] + al * s[:, 1], s[:, 1]
+        return s[:, 0] + al * s[:, 1], s[:, 1], L
 
     tiny = 1e-300
     chi2 = (w[..., 1] * d).sum(-1).clamp(min=tiny)  # Σ b d² : f(α) ≈ α²χ²/2 for small α
@@ -306,7 +319,7 @@ def _solve_alpha(
     t, lo, log_k, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), log_k_all, kr, d, w
     for _ in range(iters):
         al = t.exp()
-        f, df = f_df(al, d_todo, w_todo)
+        f, df, _ = f_df(al, d_todo, w_todo)
         below = f <= k_todo
         lo = torch.where(below, torch.maximum(lo, t), lo)
         hi = torch.where(below, hi, torch.minimum(hi, t))
@@ -334,7 +347,7 @@ def _solve_alpha(
     else:
         t_all[todo], lo_all[todo] = t, lo
     al = t_all.exp()
-    f, _ = f_df(al, d, w)
+    f, _, L = f_df(al, d, w)
     # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
     # A few rounds absorb rounding in f; the bracket's lower end is the last resort.
     for attempt in range(5):
@@ -343,7 +356,10 @@ def _solve_alpha(
             break
         scaled = al * (kr / f) * (1 - 1e-10)
         al = torch.where(over, scaled if attempt < 4 else lo_all.exp(), al)
-        f, _ = f_df(al, d, w)
+        f, _, L = f_df(al, d, w)
     alpha[rows] = al
     kl[rows] = f.clamp(min=0.0)
-    return alpha.to(log_a.dtype), kl.to(log_a.dtype)
+    # log x = log b + log(x/b) at the final α, x on b's scale as given (b = 0 gives d = 0:
+    # x = 0 there too), rounded once.
+    log_x[rows] = (log_b[rows].double() + L).to(log_b.dtype)
+    return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x
