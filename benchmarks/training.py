@@ -2,6 +2,7 @@
 
     python benchmarks/training.py --tiny 1m --batch 16 64
     python benchmarks/training.py --model models/imitator-... --batch 64 --heads full,embed
+    python benchmarks/training.py --model models/smollm2 --batch 64 --heads embed --preset smollm2
 
 For each batch size, in a fresh process (so that peak RSS belongs to that configuration):
 
@@ -10,8 +11,9 @@ For each batch size, in a fresh process (so that peak RSS belongs to that config
                 per row (what any sampler must at least do)
   rollout       `run_episode` with a budget agent (trained-looking head): agent tokens/s,
                 all tokens/s, share of wall time inside the model forward
-  training      whole PPO updates (`Trainer.learn`: rollout + update, logging included):
-                agent steps/s end to end and the update's share of the time
+  training      whole PPO updates (`Trainer.learn`: rollout + update, logging included,
+                the PPO settings of `--preset`): agent steps/s end to end and the update's
+                share of the time
 
 and the ratios of the rollout and of training to the model alone with sampling (1.0 would
 mean the pipeline costs nothing beyond decoding). Medians over the timed repetitions.
@@ -76,18 +78,18 @@ def rollout(model_dir: Path, batch: int, length: int, reps: int, head: str) -> d
 
 
 def training(
-    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str
+    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str, name: str
 ) -> dict[str, float]:
     """End-to-end agent steps/s over whole PPO updates, and the update's share of the time."""
     from klbudget.agent.trainer import Trainer
     from klbudget.config import apply_overrides, preset
 
-    cfg = apply_overrides(
-        preset("cpu"),
-        [f"model.path={model_dir}", f"env.n_envs={batch}", f"env.length={length}",
-         f"ppo.tokens_per_update={tokens}", "ppo.minibatch=1024",
-         "train.total_agent_steps=100000000", "budget.ramp_fraction=0", f"agent.head={head}"],
-    ).validate()  # fmt: skip
+    sets = [f"model.path={model_dir}", f"env.n_envs={batch}", f"env.length={length}",
+            f"ppo.tokens_per_update={tokens}", "train.total_agent_steps=100000000",
+            "budget.ramp_fraction=0", f"agent.head={head}"]  # fmt: skip
+    if name == "cpu":  # the figures in the README were measured with this minibatch
+        sets.append("ppo.minibatch=1024")
+    cfg = apply_overrides(preset(name), sets).validate()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", progress=False)
         collect, spent = trainer.collect, []
@@ -114,14 +116,14 @@ def training(
 
 
 def one(
-    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str
+    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str, name: str
 ) -> dict[str, object]:
     from klbudget.base.hf import load_local
 
     torch.set_num_threads(THREADS or torch.get_num_threads())
     alone = model_alone(model_dir, batch, length, reps)
     roll = rollout(model_dir, batch, length, reps, head)
-    train = training(model_dir, batch, length, reps, tokens, head)
+    train = training(model_dir, batch, length, reps, tokens, head, name)
     params = sum(p.numel() for p in load_local(model_dir)[0].parameters())
     return {"alone": alone, "rollout": roll, "train": train, "peak_mb": _peak_mb(),
             "params_m": params / 1e6}  # fmt: skip
@@ -141,6 +143,7 @@ def main() -> None:
     p.add_argument("--tokens-per-update", type=int, default=8192)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--heads", default="full", help="comma-separated actor heads: full, embed")
+    p.add_argument("--preset", default="cpu", help="the preset whose settings training runs")
     args = p.parse_args()
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,8 +161,8 @@ def main() -> None:
         for head, b in [(h, b) for b in args.batch for h in args.heads.split(",")]:
             with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
                                      initargs=(args.threads,)) as pool:  # fmt: skip
-                r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update, head)
-                r = r.result()
+                r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update,
+                                head, args.preset).result()  # fmt: skip
             a, ro, tr = r["alone"], r["rollout"], r["train"]
             train_total = tr["agent"] * ro["total"] / ro["agent"]  # agent share as in the rollout
             print(
