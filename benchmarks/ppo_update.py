@@ -35,6 +35,8 @@ from klbudget.agent.trainer import Trainer, cat_batches
 from klbudget.config import load
 from klbudget.core.mixture import fixed_kl_mixture
 
+VARIANTS = ("hand-written", "cold start", "autograd", "one-part")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -43,6 +45,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="timed updates per variant")
     p.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
     args = p.parse_args()
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    if unknown := set(names) - set(VARIANTS):
+        p.error(f"unknown variants {sorted(unknown)}; expected some of {list(VARIANTS)}")
+    if not (Path(args.run) / "config.toml").is_file():
+        p.error(f"{args.run}: not a run folder (no config.toml)")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         shutil.copytree(args.run, run)
@@ -67,11 +74,7 @@ def main() -> None:
             "autograd": (functools.partial(hand, autograd=True), cfg.ppo, chunk),
             "one-part": (hand, whole, 1 << 62),
         }
-        if args.only:
-            names = args.only.split(",")
-            if unknown := set(names) - set(variants):
-                p.error(f"unknown variants {sorted(unknown)}; expected some of {list(variants)}")
-            variants = {n: variants[n] for n in names}
+        variants = {n: variants[n] for n in names}
         times: dict[str, list[float]] = {name: [] for name in variants}
         for i in range(args.reps + 1):  # the first round is a warm-up
             for name, (fn, ppo_cfg, solve_bytes) in variants.items():
