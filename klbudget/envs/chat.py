@@ -9,13 +9,13 @@ temperature (0.05). A turn ends when its decoded text ends with the separator "\
 environment then writes the next speaker's tag ("Student:" after a teacher turn, "Teacher:"
 after a student turn), so neither the agent nor a model that would name another speaker
 next can stall the chat, and the tag is never an agent action (an empty teacher turn is the
-separator alone). A student turn also ends after `max_reply_tokens`, when the environment
-writes the whole hand-back "\\n\\nTeacher:" itself; with `max_turn_tokens` > 0 a teacher
-turn that reaches that many tokens is handed over the same way ("\\n\\nStudent:", written by
-the environment, no agent action). Each finished student
-reply pays (s + 1)/2 with s its sentiment. A reply cut off by the end of the episode is
-scored as it stands if it has any content. The episode ends (truncated) when the transcript
-holds `length` tokens.
+separator alone). A student turn also ends after `max_reply_tokens` (once its text no longer
+ends in the first part of the separator), when the environment writes the whole hand-back
+"\\n\\nTeacher:" itself; with `max_turn_tokens` > 0 a teacher turn that reaches that many
+tokens is handed over the same way ("\\n\\nStudent:", written by the environment, no agent
+action). Each finished student reply pays (s + 1)/2 with s its sentiment. A reply cut off by
+the end of the episode is scored as it stands if it has any content. The episode ends
+(truncated) when the transcript holds `length` tokens.
 
 Help (SYSTEM.md §5): when the base policy has an extra action after the vocabulary
 (`num_actions == vocab_size + 1`, a pessimistic imitator), that action asks the
@@ -213,7 +213,11 @@ class ChatEnv:
                     # The reply is over; the teacher speaks next, whatever name the model
                     # would have written after the separator.
                     conv.forced = list(self.teacher_tag_ids)
-                elif len(conv.turn_ids) >= self.max_reply_tokens:
+                elif len(conv.turn_ids) >= self.max_reply_tokens and not self._opens_separator(
+                    conv.turn_text
+                ):
+                    # Too long (a reply that ends in the first part of the separator is left
+                    # to finish it or go on: a hand-back written after it would double it).
                     conv.forced = list(self.to_teacher_ids)
         self.ids[:, self.t] = tokens
         self.t += 1

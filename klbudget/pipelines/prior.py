@@ -19,7 +19,7 @@ transcripts (whose student is member 0, as in training).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,6 @@ def empty_turn_costs(
     if episodes < 1 or turns < 1 or first_tau < 0:
         raise ValueError("episodes and turns must be >= 1 and first_tau >= 0")
     env = build_env(cfg, n_envs=episodes)
-    members = getattr(env.base, "members", None)  # an ensemble: cost each member too
     oracle = None
     if first_tau:
         from klbudget.pipelines.evaluate import tau_oracle
@@ -98,53 +97,93 @@ def empty_turn_costs(
             raise ValueError("τ writes the first turns: a world folder is needed")
         oracle = tau_oracle(world, env.base, cfg)
     empty = env.text.encode(env.chat.separator)  # the environment then writes the tag
+
+    def turn(i: int, k: int) -> tuple[list[int], bool]:
+        if oracle is not None and k < first_tau:
+            history = oracle.context(env, i)[0]
+            return oracle.tm.sample_continuation(history, [], env.generator), False
+        return empty, k - first_tau < turns
+
+    members = getattr(env.base, "members", None)  # an ensemble: cost each member too
+    forced = _force_teacher(env, seed, turn, costed_turns=turns, members=len(members or ()))
     costs = np.full((episodes, turns), np.nan)
     starts = np.full((episodes, turns), -1)
     per_member = None if members is None else np.full((len(members), episodes, turns), np.nan)
-    queue: list[list[int]] = [[] for _ in range(episodes)]
-    started = [0] * episodes  # teacher turns begun
-    silent = [-1] * episodes  # index of the empty turn being written, -1 if none
-    obs, _ = env.reset(seed=seed)
-    g = env.generator
-    while env.t < env.length:
-        actions = torch.zeros(episodes, dtype=torch.long)
-        for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
-            if not queue[i]:  # a new teacher turn begins
-                k, started[i] = started[i], started[i] + 1
-                if oracle is not None and k < first_tau:
-                    history = oracle.context(env, i)[0]
-                    queue[i], silent[i] = oracle.tm.sample_continuation(history, [], g), -1
-                else:
-                    n = k - first_tau
-                    queue[i], silent[i] = list(empty), (n if n < turns else -1)
-                    if 0 <= n < turns:
-                        costs[i, n], starts[i, n] = 0.0, env.t
-                        if per_member is not None:
-                            per_member[:, i, n] = 0.0
-            tok = queue[i].pop(0)
-            actions[i] = tok
-            if silent[i] >= 0:
-                n = silent[i]
-                costs[i, n] = _add_cost(costs[i, n], -float(obs["base_logp"][i, tok]))
-                if per_member is not None:  # the members' log-probs at this position
-                    nll = -env.base.member_logp[i, :, tok].numpy()
-                    per_member[:, i, n] = [
-                        _add_cost(c, x) for c, x in zip(per_member[:, i, n], nll, strict=True)
-                    ]
-        obs, *_ = env.step(actions)
-        if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
-            for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
-                queue[i] = []  # the turn is over: what is left of τ's is the environment's tag
-        if all(s >= first_tau + turns for s in started) and not any(queue):
-            break  # every costed turn is written, its last token included
-    # A turn cut off by the end of the episode is not a whole empty turn.
     for i in range(episodes):
-        if queue[i] and silent[i] >= 0:
-            costs[i, silent[i]] = math.nan
-            if per_member is not None:
-                per_member[:, i, silent[i]] = math.nan
+        c = forced.costs[i][:turns]
+        costs[i, : len(c)], starts[i, : len(c)] = c, forced.starts[i][:turns]
+        if per_member is not None and c:
+            per_member[:, i, : len(c)] = np.array(forced.members[i][:turns]).T
     ids = env.ids[:, : env.t].numpy().copy()
     return PriorResult(costs, first_tau, ids, starts, per_member)
+
+
+@dataclass(frozen=True)
+class _Forced:
+    """What :func:`_force_teacher` recorded, per conversation."""
+
+    costs: list[list[float]]  # −log base of each costed teacher turn (NaN: cut off at the end)
+    starts: list[list[int]]  # position of each costed turn's first token
+    members: list[list[list[float]]] | None  # each costed turn's cost under each member
+    returns: np.ndarray  # (n_envs,) summed reward
+
+
+def _force_teacher(
+    env,
+    seed: int,
+    turn: Callable[[int, int], tuple[list[int], bool]],
+    *,
+    costed_turns: int | None = None,
+    members: int = 0,
+) -> _Forced:
+    """Write every teacher turn of ``env``'s conversations with forced tokens while the
+    environment writes the students' replies as in training: row i's k-th teacher turn is
+    ``turn(i, k)`` = (its tokens, whether it is costed). A turn ends when its tokens run out or
+    when the environment hands the turn over (after the separator). Stops at the end of the
+    episode, or once every row has written ``costed_turns`` costed turns whole. ``members``:
+    the number of an ensemble base's members, to cost each turn under each (``member_logp``)."""
+    n = env.n_envs
+    queue: list[list[int]] = [[] for _ in range(n)]
+    begun = [0] * n
+    costed = [False] * n  # whether the turn being written is costed
+    costs: list[list[float]] = [[] for _ in range(n)]
+    starts: list[list[int]] = [[] for _ in range(n)]
+    per: list[list[list[float]]] | None = [[] for _ in range(n)] if members else None
+    returns = np.zeros(n)
+    obs, _ = env.reset(seed=seed)
+    while env.t < env.length:
+        actions = torch.zeros(n, dtype=torch.long)
+        for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
+            if not queue[i]:  # a new teacher turn begins
+                tokens, costed[i] = turn(i, begun[i])
+                queue[i], begun[i] = list(tokens), begun[i] + 1
+                if costed[i]:
+                    costs[i].append(0.0)
+                    starts[i].append(env.t)
+                    if per is not None:
+                        per[i].append([0.0] * members)
+            tok = queue[i].pop(0)
+            actions[i] = tok
+            if costed[i]:
+                costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
+                if per is not None:  # the members' log-probs at this position
+                    nll = (-env.base.member_logp[i, :, tok]).tolist()
+                    per[i][-1] = [_add_cost(c, x) for c, x in zip(per[i][-1], nll, strict=True)]
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        returns += reward.numpy()
+        if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
+            for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
+                queue[i] = []  # the turn is over: what is left is the environment's tag
+        if bool((terminated | truncated).all()):
+            break
+        if costed_turns is not None and not any(queue) and min(map(len, costs)) >= costed_turns:
+            break  # every costed turn is written, its last token included
+    for i in range(n):
+        if queue[i] and costed[i]:  # a turn cut off by the end of the episode is not whole
+            costs[i][-1] = math.nan
+            if per is not None:
+                per[i][-1] = [math.nan] * len(per[i][-1])
+    return _Forced(costs, starts, per, returns)
 
 
 def _add_cost(total: float, nll: float) -> float:
@@ -294,44 +333,20 @@ def fixed_teacher(
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     env = build_env(cfg, n_envs=episodes)
-    turn = env.text.encode(text + env.chat.separator)
+    fixed = env.text.encode(text + env.chat.separator)
     first = [env.text.encode(t + env.chat.separator) for t in before]
-    begun = [0] * episodes
-    queue: list[list[int]] = [[] for _ in range(episodes)]
-    costs: list[list[float]] = [[] for _ in range(episodes)]
-    returns = np.zeros(episodes)
-    obs, _ = env.reset(seed=seed)
-    while env.t < env.length:
-        actions = torch.zeros(episodes, dtype=torch.long)
-        for i in torch.nonzero(obs["agent_turn"]).flatten().tolist():
-            if not queue[i]:  # a new teacher turn begins
-                k, begun[i] = begun[i], begun[i] + 1
-                queue[i] = list(first[k] if k < len(first) else turn)
-                if k >= len(first):
-                    costs[i].append(0.0)
-            tok = queue[i].pop(0)
-            actions[i] = tok
-            if begun[i] > len(first):
-                costs[i][-1] = _add_cost(costs[i][-1], -float(obs["base_logp"][i, tok]))
-        obs, reward, terminated, truncated, _ = env.step(actions)
-        returns += reward.numpy()
-        if env.t < env.length:  # at the end no one has the turn: an unfinished one stays so
-            for i in torch.nonzero(~obs["agent_turn"]).flatten().tolist():
-                queue[i] = []  # the turn is over: the environment writes the student's tag
-        if bool((terminated | truncated).all()):
-            break
-    for i in range(episodes):
-        if queue[i] and costs[i]:  # a turn cut off by the end of the episode is not whole
-            costs[i][-1] = math.nan
-    width = max(1, max(len(c) for c in costs))
+    forced = _force_teacher(
+        env, seed, lambda i, k: (first[k], False) if k < len(first) else (fixed, True)
+    )
+    width = max(1, max(len(c) for c in forced.costs))
     table = np.full((episodes, width), np.nan)
-    for i, c in enumerate(costs):
+    for i, c in enumerate(forced.costs):
         table[i, : len(c)] = c
     replies = np.array([len(r) for r in env.replies], dtype=np.float64)
     answers = [t for r in env.replies for _, t in r[len(first) :]]  # the fixed turns' replies
     paid = [reply_reward(s) for s in env.sentiment(answers)] if answers else [0.0]
     pools = None if world is None else _reply_pools(answers, world)
-    return FixedTeacher(text, returns, replies, table, pools, float(np.mean(paid)))
+    return FixedTeacher(text, forced.returns, replies, table, pools, float(np.mean(paid)))
 
 
 def _reply_pools(replies: list[str], world: Path) -> dict[str, float]:

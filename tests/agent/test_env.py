@@ -124,6 +124,28 @@ def test_student_reply_ends_at_the_separator(tiny_model):
     torch.testing.assert_close(total, torch.full((2,), 0.75))  # the reply " ok" was paid
 
 
+def test_reply_cap_waits_for_a_half_written_separator(tiny_model):
+    """A reply that reaches max_reply_tokens on the first half of the separator is left one
+    more token: the model's own second newline ends it (no tripled newline from a hand-back
+    written after it); if it goes on instead, the cap hands the turn back at once."""
+    for then, tail in (("\n", " ok ok\n\nTeacher:"), ("x", " ok ok\nx\n\nTeacher:")):
+        ok = make_env(tiny_model, n=1, length=20).text.encode(" ok")
+        cap = 2 * len(ok) + 1  # the reply " ok ok\n" reaches the cap on its newline
+        env = make_env(tiny_model, n=2, length=70, max_reply_tokens=cap)
+        obs, _ = env.reset(seed=0)
+        for tok in env.text.encode(SHORT.to_student):
+            obs, *_ = env.step(torch.tensor([tok, tok]))
+        script = [*ok, *ok, *env.text.encode("\n"), *env.text.encode(then)]
+        script += env.text.encode(" no") * 10
+        env._sample_student = lambda logits, s=script, e=env: torch.full(  # type: ignore[method-assign]
+            (2,), s[len(e.convs[0].turn_ids)]
+        )
+        while not obs["agent_turn"].all():
+            obs, *_ = env.step(torch.zeros(2, dtype=torch.long))
+        for i in range(2):
+            assert env.transcript(i).endswith("Student:" + tail), repr(env.transcript(i))
+
+
 def test_lockstep_length_and_truncation(tiny_model):
     env = make_env(tiny_model, n=3, length=40)
     obs, _ = env.reset(seed=1)
