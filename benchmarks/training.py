@@ -9,14 +9,16 @@ For each batch size, in a fresh process (so that peak RSS belongs to that config
   model alone   the same model, batched incremental decoding with a preallocated KV cache
                 over the same positions: forward only, and forward + one inverse-CDF draw
                 per row (what any sampler must at least do)
-  rollout       `run_episode` with a budget agent (trained-looking head): agent tokens/s,
-                all tokens/s, share of wall time inside the model forward
+  rollout       `run_episode` with a budget agent (trained-looking head) in the chat of
+                `--preset` (its format and turn caps): all tokens/s, share of wall time
+                inside the model forward
   training      whole PPO updates (`Trainer.learn`: rollout + update, logging included,
-                the PPO settings of `--preset`): agent steps/s end to end and the update's
-                share of the time
+                the settings of `--preset`): agent steps/s and all tokens/s end to end,
+                and the update's share of the time
 
-and the ratios of the rollout and of training to the model alone with sampling (1.0 would
-mean the pipeline costs nothing beyond decoding). Medians over the timed repetitions.
+and the ratios of the rollout's and training's tokens/s (every writer's tokens, as the model
+alone decodes every row) to the model alone, forward only and with sampling (1.0 would mean
+the pipeline costs nothing beyond decoding). Medians over the timed repetitions.
 """
 
 from __future__ import annotations
@@ -41,18 +43,19 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rollout(model_dir: Path, batch: int, length: int, reps: int, head: str) -> dict[str, float]:
-    """Rollout rates of a budget agent whose head proposes something other than β."""
+def rollout(
+    model_dir: Path, batch: int, length: int, reps: int, head: str, name: str
+) -> dict[str, float]:
+    """Rollout rates of a budget agent whose head proposes something other than β, in the
+    chat environment of preset ``name`` (its format, turn caps and student temperature)."""
     from klbudget.agent.policy import Critic, make_actor
     from klbudget.agent.rollout import run_episode
+    from klbudget.agent.trainer import build_env
     from klbudget.base.hf import HFBase
-    from klbudget.envs.chat import ChatEnv
-    from klbudget.envs.format import ChatFormat
-    from klbudget.rewards.sentiment import VaderSentiment
 
-    base = TimedBase(HFBase(model_dir))
-    env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length,
-                  chat=ChatFormat())  # fmt: skip
+    cfg = _config(model_dir, batch, length, 8192, head, name)
+    base = TimedBase(HFBase(model_dir, temperature=cfg.model.temperature))
+    env = build_env(cfg, base=base)
     d = base.feature_dim + 2
     torch.manual_seed(0)
     actor, critic = make_actor(d, base, head), Critic(d, 256)
@@ -77,11 +80,8 @@ def rollout(model_dir: Path, batch: int, length: int, reps: int, head: str) -> d
     }
 
 
-def training(
-    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str, name: str
-) -> dict[str, float]:
-    """End-to-end agent steps/s over whole PPO updates, and the update's share of the time."""
-    from klbudget.agent.trainer import Trainer
+def _config(model_dir: Path, batch: int, length: int, tokens: int, head: str, name: str):
+    """Preset ``name`` on this model, batch, episode length and actor head, budget at once."""
     from klbudget.config import apply_overrides, preset
 
     sets = [f"model.path={model_dir}", f"env.n_envs={batch}", f"env.length={length}",
@@ -89,15 +89,27 @@ def training(
             "budget.ramp_fraction=0", f"agent.head={head}"]  # fmt: skip
     if name == "cpu":  # the figures in the README were measured with this minibatch
         sets.append("ppo.minibatch=1024")
-    cfg = apply_overrides(preset(name), sets).validate()
+    return apply_overrides(preset(name), sets).validate()
+
+
+def training(
+    model_dir: Path, batch: int, length: int, reps: int, tokens: int, head: str, name: str
+) -> dict[str, float]:
+    """End-to-end agent steps/s over whole PPO updates, and the update's share of the time."""
+    from klbudget.agent.trainer import Trainer
+
+    cfg = _config(model_dir, batch, length, tokens, head, name)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", progress=False)
-        collect, spent = trainer.collect, []
+        collect, spent, tokens = trainer.collect, [], []
+        env = trainer.env
+        per_episode = env.n_envs * (env.length - len(env.prompt_ids))  # every token, any writer
 
         def timed_collect():
             t0 = time.perf_counter()
             out = collect()
             spent.append(time.perf_counter() - t0)
+            tokens.append(len(out[0]) * per_episode)
             return out
 
         trainer.collect = timed_collect
@@ -112,7 +124,9 @@ def training(
     rates = [m["time/agent_steps_per_s"] for m in rows[1:]]
     walls = [b["time/wall_s"] - a["time/wall_s"] for a, b in zip(rows, rows[1:], strict=False)]
     shares = [1.0 - r / w for r, w in zip(spent[1:], walls, strict=True)]
-    return {"agent": statistics.median(rates), "update_share": statistics.median(shares)}
+    totals = [n / w for n, w in zip(tokens[1:], walls, strict=True)]
+    return {"agent": statistics.median(rates), "total": statistics.median(totals),
+            "update_share": statistics.median(shares)}  # fmt: skip
 
 
 def one(
@@ -122,7 +136,7 @@ def one(
 
     torch.set_num_threads(THREADS or torch.get_num_threads())
     alone = model_alone(model_dir, batch, length, reps)
-    roll = rollout(model_dir, batch, length, reps, head)
+    roll = rollout(model_dir, batch, length, reps, head, name)
     train = training(model_dir, batch, length, reps, tokens, head, name)
     params = sum(p.numel() for p in load_local(model_dir)[0].parameters())
     return {"alone": alone, "rollout": roll, "train": train, "peak_mb": _peak_mb(),
@@ -154,9 +168,10 @@ def main() -> None:
         )
         name = args.model or f"random {args.tiny}"
         print(f"{name}, {args.length}-token episodes, {torch.get_num_threads()} threads")
-        cols = [("head", 5), ("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 9),
-                ("roll/alone", 10), ("fwd share", 9), ("train agent", 11),
-                ("train/alone", 11), ("upd share", 9), ("peak MB", 8)]  # fmt: skip
+        cols = [("head", 5), ("batch", 5), ("alone fwd", 10), ("alone+smp", 10), ("rollout", 8),
+                ("/fwd", 5), ("/smp", 5), ("fwd share", 9), ("train agent", 11),
+                ("train all", 9), ("/fwd", 5), ("/smp", 5), ("upd share", 9),
+                ("peak MB", 8)]  # fmt: skip
         print(" ".join(f"{h:>{w}}" for h, w in cols))
         for head, b in [(h, b) for b in args.batch for h in args.heads.split(",")]:
             with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init,
@@ -164,17 +179,19 @@ def main() -> None:
                 r = pool.submit(one, model, b, args.length, args.reps, args.tokens_per_update,
                                 head, args.preset).result()  # fmt: skip
             a, ro, tr = r["alone"], r["rollout"], r["train"]
-            train_total = tr["agent"] * ro["total"] / ro["agent"]  # agent share as in the rollout
+            fwd, smp = a["forward"], a["sample"]
             print(
-                f"{head:>5} {b:>5} {a['forward']:>10.0f} {a['sample']:>10.0f} {ro['total']:>9.0f} "
-                f"{ro['total'] / a['sample']:>10.2f} {100 * ro['forward_share']:>8.1f}% "
-                f"{tr['agent']:>11.0f} {train_total / a['sample']:>11.3f} "
+                f"{head:>5} {b:>5} {fwd:>10.0f} {smp:>10.0f} {ro['total']:>8.0f} "
+                f"{ro['total'] / fwd:>5.2f} {ro['total'] / smp:>5.2f} "
+                f"{100 * ro['forward_share']:>8.1f}% {tr['agent']:>11.0f} {tr['total']:>9.0f} "
+                f"{tr['total'] / fwd:>5.2f} {tr['total'] / smp:>5.2f} "
                 f"{100 * tr['update_share']:>8.1f}% {r['peak_mb']:>8.0f}",
                 flush=True,
             )
         print(
-            "alone, rollout: tokens/s over all conversations; train agent: agent steps/s over "
-            "whole updates; ratios: all tokens/s against the model alone with sampling"
+            "alone, rollout, train all: tokens/s over all conversations (every writer); train "
+            "agent: agent steps/s over whole updates; /fwd, /smp: against the model alone, "
+            "forward only and with sampling"
         )
 
 
