@@ -11,9 +11,13 @@ import torch
 from torch import Tensor
 
 
-def sample_categorical(log_p: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One sample per row of `log_p` (B, V) (unnormalised allowed); returns (B,) int64."""
+def sample_categorical(
+    log_p: Tensor, generator: torch.Generator | None = None, u: Tensor | None = None
+) -> Tensor:
+    """One sample per row of `log_p` (B, V) (unnormalised allowed); returns (B,) int64.
+    `u`: the (B, 1) uniforms in [0, 1) to use, instead of drawing them from `generator`."""
     cdf = torch.cumsum(log_p.exp(), -1)  # (B, V)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype) * cdf[..., -1:]
-    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    if u is None:
+        u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[..., -1:], right=True).squeeze(-1)
     return idx.clamp(max=log_p.shape[-1] - 1)

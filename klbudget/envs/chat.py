@@ -269,10 +269,25 @@ class ChatEnv:
         conv.turn_start = self.t + 1
 
     def _sample_student(self, env_logits: Tensor) -> Tensor:
-        logits = env_logits.float().cpu() / self.student_temperature
-        if self._banned:
-            logits[:, self._banned] = -torch.inf
-        return sample_categorical(torch.log_softmax(logits, -1), self.generator)
+        """(N,) the student's next token where the student writes the next token itself (0
+        elsewhere). One uniform is drawn for every row whoever speaks, so a conversation's
+        draws do not depend on the others'; only the student's rows are computed."""
+        n = env_logits.shape[0]
+        u = torch.rand((n, 1), generator=self.generator)
+        out = torch.zeros(n, dtype=torch.long)
+        rows = (
+            torch.tensor(
+                [c.speaker != AGENT and not c.forced for c in self.convs], dtype=torch.bool
+            )
+            .nonzero()
+            .squeeze(-1)
+        )
+        if rows.numel():
+            logits = env_logits[rows.to(env_logits.device)].float().cpu() / self.student_temperature
+            if self._banned:
+                logits[:, self._banned] = -torch.inf
+            out[rows] = sample_categorical(torch.log_softmax(logits, -1), u=u[rows])
+        return out
 
     def _pay(self, finished: list[tuple[int, int]], reward: Tensor) -> None:
         if not finished:

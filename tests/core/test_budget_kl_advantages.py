@@ -57,6 +57,23 @@ def test_k1_k3_are_unbiased():
     assert (kl_k3(rho) >= 0).all()
 
 
+def test_sampling_with_given_uniforms_and_on_a_subset_of_rows():
+    """Given the uniforms the generator would draw, the same samples; a subset of rows with
+    their own uniforms samples as in the whole batch (how the environment samples only the
+    student's rows without changing anyone's draws); u = 0 and u → 1 pick the first and last
+    outcomes of non-zero probability."""
+    log_p = torch.randn(50, 7).log_softmax(-1)
+    log_p[:, 0] = -torch.inf
+    whole = sample_categorical(log_p, torch.Generator().manual_seed(3))
+    u = torch.rand((50, 1), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample_categorical(log_p, u=u), whole)
+    rows = torch.tensor([1, 4, 9, 31])
+    assert torch.equal(sample_categorical(log_p[rows], u=u[rows]), whole[rows])
+    log_p[:, -1] = -torch.inf
+    ends = sample_categorical(log_p[:2], u=torch.tensor([[0.0], [1.0 - 1e-7]]))
+    assert ends.tolist() == [1, 5]
+
+
 def test_reward_to_go_masks_non_agent_steps():
     r = torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
     m = torch.tensor([[True, True, False, True], [True, False, True, True]])
