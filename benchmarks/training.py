@@ -50,12 +50,12 @@ def rollout(
     chat environment of preset ``name`` (its format, turn caps and student temperature)."""
     from klbudget.agent.policy import Critic, make_actor
     from klbudget.agent.rollout import run_episode
-    from klbudget.agent.trainer import build_env
-    from klbudget.base.hf import HFBase
+    from klbudget.agent.trainer import build_base, build_env
 
     cfg = _config(model_dir, batch, length, 8192, head, name)
-    base = TimedBase(HFBase(model_dir, temperature=cfg.model.temperature))
-    env = build_env(cfg, base=base)
+    built, demonstrator = build_base(cfg)  # the preset's base: kind, device, temperature
+    base = TimedBase(built)
+    env = build_env(cfg, base=base, demonstrator=demonstrator)
     d = base.feature_dim + 2
     torch.manual_seed(0)
     actor, critic = make_actor(d, base, head), Critic(d, 256)
