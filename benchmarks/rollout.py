@@ -148,6 +148,9 @@ def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str
     return {key: statistics.median(r) for key, r in rates.items()}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def model_args(doc: str, length: int) -> argparse.ArgumentParser:
     """A parser with the model source (--model folder or --tiny size), --batch and --length."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -164,13 +167,27 @@ def model_args(doc: str, length: int) -> argparse.ArgumentParser:
     return p
 
 
+def parse_model_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, and refuse with a one-line usage error (exit 2) before any work: a model folder
+    without config.json, a tokenizer folder without tokenizer files, a batch or length below 1."""
+    args = p.parse_args()
+    if args.model is not None and not (Path(args.model) / "config.json").is_file():
+        p.error(f"--model {args.model}: not a model folder (no config.json)")
+    tok = args.tokenizer_from
+    if tok is not None and not any((Path(tok) / f).is_file() for f in TOKENIZER_FILES):
+        p.error(f"--tokenizer-from {tok}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if min(args.batch) < 1 or args.length < 1:
+        p.error("--batch and --length must be >= 1")
+    return args
+
+
 def main() -> None:
     p = model_args(__doc__, 128)
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--budget", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--head", choices=("full", "embed"), default="full", help="actor head")
-    args = p.parse_args()
+    args = parse_model_args(p)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout import TimedBase, model_alone, model_args, tiny_model  # noqa: E402
+from rollout import TimedBase, model_alone, model_args, parse_model_args, tiny_model  # noqa: E402
 
 
 def _peak_mb() -> float:
@@ -158,7 +158,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--heads", default="full", help="comma-separated actor heads: full, embed")
     p.add_argument("--preset", default="cpu", help="the preset whose settings training runs")
-    args = p.parse_args()
+    args = parse_model_args(p)
+    from klbudget.config import ConfigError, preset
+
+    try:
+        preset(args.preset)
+    except ConfigError as err:
+        p.error(f"--preset: {err}")
+    if unknown := set(args.heads.split(",")) - {"full", "embed"}:
+        p.error(f"--heads: unknown heads {sorted(unknown)}; expected full, embed")
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         model = (
