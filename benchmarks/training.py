@@ -101,7 +101,7 @@ def training(
     cfg = _config(model_dir, batch, length, tokens, head, name)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", progress=False)
-        collect, spent, tokens = trainer.collect, [], []
+        collect, spent, written = trainer.collect, [], []
         env = trainer.env
         per_episode = env.n_envs * (env.length - len(env.prompt_ids))  # every token, any writer
 
@@ -109,7 +109,7 @@ def training(
             t0 = time.perf_counter()
             out = collect()
             spent.append(time.perf_counter() - t0)
-            tokens.append(len(out[0]) * per_episode)
+            written.append(len(out[0]) * per_episode)
             return out
 
         trainer.collect = timed_collect
@@ -124,7 +124,7 @@ def training(
     rates = [m["time/agent_steps_per_s"] for m in rows[1:]]
     walls = [b["time/wall_s"] - a["time/wall_s"] for a, b in zip(rows, rows[1:], strict=False)]
     shares = [1.0 - r / w for r, w in zip(spent[1:], walls, strict=True)]
-    totals = [n / w for n, w in zip(tokens[1:], walls, strict=True)]
+    totals = [n / w for n, w in zip(written[1:], walls, strict=True)]
     return {"agent": statistics.median(rates), "total": statistics.median(totals),
             "update_share": statistics.median(shares)}  # fmt: skip
 

@@ -275,14 +275,9 @@ class ChatEnv:
         n = env_logits.shape[0]
         u = torch.rand((n, 1), generator=self.generator)
         out = torch.zeros(n, dtype=torch.long)
-        rows = (
-            torch.tensor(
-                [c.speaker != AGENT and not c.forced for c in self.convs], dtype=torch.bool
-            )
-            .nonzero()
-            .squeeze(-1)
-        )
-        if rows.numel():
+        who = [i for i, c in enumerate(self.convs) if c.speaker != AGENT and not c.forced]
+        rows = torch.tensor(who, dtype=torch.long)
+        if who:
             logits = env_logits[rows.to(env_logits.device)].float().cpu() / self.student_temperature
             if self._banned:
                 logits[:, self._banned] = -torch.inf
