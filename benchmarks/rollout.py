@@ -6,11 +6,13 @@
 Prints, per batch size: agent tokens/s, total tokens/s (all conversations, prompt
 excluded), the share of rollout wall time inside the base model's forward passes (the
 rest is the actor head, the fixed-KL mixture solve, sampling, tag detection, reward and
-book-keeping), and peak RSS (of the rollout: measured before the model-alone runs); then
-the same model decoding alone over the same positions (batched, preallocated KV cache read
-up to the current position, as the rollout does: forward only, and forward + one inverse-CDF
-draw per row) and the ratios, and the model alone with its stock attention over the whole
-masked cache.
+book-keeping), and peak RSS of the rollout; then the same model decoding alone over the
+same positions (batched, preallocated KV cache read up to the current position, as the
+rollout does: forward only, and forward + one inverse-CDF draw per row), and the model
+alone with its stock attention over the whole masked cache. The model alone runs in a
+second process, one repetition after each rollout episode while the rollout waits, so that
+each ratio compares an episode with the model alone on the same machine a moment later:
+the ratios printed are the medians of those pairs, with their range.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -18,10 +20,13 @@ with a BPE trained on chitchat-dataset text, in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -72,8 +77,16 @@ class TimedBase:
 
 
 def bench(
-    model_dir: Path, batch: int, length: int, episodes: int, budget: float, head: str = "full"
+    model_dir: Path,
+    batch: int,
+    length: int,
+    episodes: int,
+    budget: float,
+    head: str = "full",
+    between: Callable[[], None] | None = None,
 ) -> dict:
+    """Rollout rates, one entry per timed episode (after a warm-up); `between` runs after
+    each timed episode (the model alone, so that the two alternate on the same machine)."""
     base = TimedBase(HFBase(model_dir))
     chat = ChatFormat(prompt="Student: Hi! Can you help me?\n\nTeacher:")
     env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length, chat=chat)
@@ -86,66 +99,117 @@ def bench(
     g = torch.Generator().manual_seed(0)
     run_episode(env, actor, critic, budget=budget, mode="realized", budget_scale=budget,
                 generator=g, seed=0)  # fmt: skip  # warm-up
-    shares, agent_rates, total_rates = [], [], []
+    shares, agent_rates, total_rates, peak = [], [], [], 0.0
     for ep_i in range(episodes):
         base.seconds = 0.0
         t = time.perf_counter()
         ep = run_episode(env, actor, critic, budget=budget, mode="realized",
                          budget_scale=budget, generator=g, seed=ep_i + 1)  # fmt: skip
         wall = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         shares.append(base.seconds / wall)
         agent_rates.append(ep.agent_steps / wall)
         total_rates.append(batch * (length - len(env.prompt_ids)) / wall)
+        if between is not None:
+            between()
     return {
-        "agent_tok_s": statistics.median(agent_rates),
-        "total_tok_s": statistics.median(total_rates),
+        "agent_tok_s": agent_rates,
+        "total_tok_s": total_rates,
         "forward_share": statistics.median(shares),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak,
         "params_m": sum(p.numel() for p in base.model.parameters()) / 1e6,
     }
 
 
-@torch.no_grad()
-def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+class ModelAlone:
     """Tokens/s of plain batched incremental decoding: forward only, and forward + sampling.
 
     Attention reads the filled part of the cache (`klbudget.base.hf.prefix_attention`, as
     the rollout does); the "masked_" entries are the model's stock attention over the whole
-    preallocated cache behind a mask (the library's default for a static cache). The two
-    alternate, repetition by repetition, so that both see the same machine."""
-    from transformers import StaticCache
+    preallocated cache behind a mask (the library's default for a static cache). One `rep`
+    runs the four once each, so that all see the same machine."""
 
-    from klbudget.base.hf import load_local, use_prefix_attention
-    from klbudget.core.sampling import sample_categorical
-    from klbudget.envs.format import DEFAULT_PROMPT
+    def __init__(self, model_dir: Path, batch: int, length: int) -> None:
+        from klbudget.base.hf import load_local, use_prefix_attention
+        from klbudget.envs.format import DEFAULT_PROMPT
 
-    models = {"": load_local(model_dir)[0], "masked_": load_local(model_dir)[0]}
-    use_prefix_attention(models[""])
-    tok = load_local(model_dir)[1]
-    prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
-    p = prompt.shape[1]
-    g = torch.Generator().manual_seed(0)
-    rates: dict[str, list[float]] = {}
-    for rep in range(reps + 1):  # the first is a warm-up
+        self.models = {"": load_local(model_dir)[0], "masked_": load_local(model_dir)[0]}
+        use_prefix_attention(self.models[""])
+        tok = load_local(model_dir)[1]
+        self.prompt = torch.tensor([tok(DEFAULT_PROMPT)["input_ids"]] * batch)
+        self.length = length
+        self.g = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def rep(self) -> dict[str, float]:
+        from transformers import StaticCache
+
+        from klbudget.core.sampling import sample_categorical
+
+        batch, p = self.prompt.shape
+        rates = {}
         for sample in (False, True):
-            for prefix, model in models.items():
-                cache = StaticCache(config=model.config, max_cache_len=length)
+            for prefix, model in self.models.items():
+                cache = StaticCache(config=model.config, max_cache_len=self.length)
                 t0 = time.perf_counter()
-                o = model(input_ids=prompt, past_key_values=cache, use_cache=True,
+                o = model(input_ids=self.prompt, past_key_values=cache, use_cache=True,
                           cache_position=torch.arange(p))  # fmt: skip
                 nxt = torch.zeros(batch, dtype=torch.long)
-                for pos in range(p, length):
+                for pos in range(p, self.length):
                     logits = o.logits[:, -1].float()
                     if sample:
-                        nxt = sample_categorical(torch.log_softmax(logits, -1), g)
+                        nxt = sample_categorical(torch.log_softmax(logits, -1), self.g)
                     o = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
                               cache_position=torch.tensor([pos]))  # fmt: skip
-                if rep:
-                    key = prefix + ("sample" if sample else "forward")
-                    rates.setdefault(key, []).append(
-                        batch * (length - p) / (time.perf_counter() - t0)
-                    )
-    return {key: statistics.median(r) for key, r in rates.items()}
+                key = prefix + ("sample" if sample else "forward")
+                rates[key] = batch * (self.length - p) / (time.perf_counter() - t0)
+        return rates
+
+
+def model_alone(model_dir: Path, batch: int, length: int, reps: int) -> dict[str, float]:
+    """Medians of `reps` timed repetitions of `ModelAlone` after a warm-up."""
+    alone = ModelAlone(model_dir, batch, length)
+    alone.rep()
+    runs = [alone.rep() for _ in range(reps)]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+_ALONE: ModelAlone | None = None
+
+
+def _alone_start(model_dir: Path, batch: int, length: int, threads: int) -> None:
+    global _ALONE
+    if threads:
+        torch.set_num_threads(threads)
+    _ALONE = ModelAlone(model_dir, batch, length)
+    _ALONE.rep()  # warm-up
+
+
+def _alone_rep() -> dict[str, float]:
+    assert _ALONE is not None
+    return _ALONE.rep()
+
+
+def paired(
+    model_dir: Path,
+    batch: int,
+    length: int,
+    episodes: int,
+    budget: float,
+    head: str,
+    threads: int = 0,
+) -> tuple[dict, list[dict[str, float]]]:
+    """The rollout's episodes and the model alone's repetitions, alternating one for one:
+    the model alone runs in a second process (its own memory, so the rollout's peak RSS is
+    its own) while this one waits."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_alone_start,
+                             initargs=(model_dir, batch, length, threads)) as pool:  # fmt: skip
+        pool.submit(int).result()  # the model alone is loaded and warm before the rollout
+        alone: list[dict[str, float]] = []
+        r = bench(model_dir, batch, length, episodes, budget, head,
+                  between=lambda: alone.append(pool.submit(_alone_rep).result()))  # fmt: skip
+    return r, alone
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -198,20 +262,29 @@ def main() -> None:
         )
         name = args.model or f"random {args.tiny}"
         for b in args.batch:
-            r = bench(model, b, args.length, args.episodes, args.budget, args.head)
-            alone = model_alone(model, b, args.length, args.episodes)
-            fwd = alone["forward"]
+            r, alone = paired(model, b, args.length, args.episodes, args.budget, args.head,
+                              args.threads)  # fmt: skip
+            agent, total = r["agent_tok_s"], r["total_tok_s"]
+            med = {key: statistics.median(a[key] for a in alone) for key in alone[0]}
+            fwd = [a["forward"] for a in alone]
+
+            def ratio(rates: list[float], fwd: list[float] = fwd) -> str:
+                each = [x / f for x, f in zip(rates, fwd, strict=True)]
+                spread = f" ({min(each):.2f}-{max(each):.2f})" if len(each) > 1 else ""
+                return f"{statistics.median(each):.2f}{spread}"
+
             print(
                 f"{name} ({r['params_m']:.1f}M params, {args.head} head) batch {b:3d}: "
-                f"agent {r['agent_tok_s']:7.0f} tok/s  total {r['total_tok_s']:7.0f} tok/s  "
+                f"agent {statistics.median(agent):7.0f} tok/s  "
+                f"total {statistics.median(total):7.0f} tok/s  "
                 f"in model forward {100 * r['forward_share']:5.1f}%  "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB\n"
-                f"    model alone: forward {alone['forward']:7.0f} tok/s, with a draw "
-                f"{alone['sample']:7.0f} tok/s; agent / forward {r['agent_tok_s'] / fwd:.2f}, "
-                f"total / forward {r['total_tok_s'] / fwd:.2f}\n"
+                f"    model alone: forward {med['forward']:7.0f} tok/s, with a draw "
+                f"{med['sample']:7.0f} tok/s; agent / forward {ratio(agent)}, "
+                f"total / forward {ratio(total)}\n"
                 f"    model alone, stock attention over the masked cache: forward "
-                f"{alone['masked_forward']:7.0f} tok/s, "
-                f"with a draw {alone['masked_sample']:7.0f} tok/s",
+                f"{med['masked_forward']:7.0f} tok/s, "
+                f"with a draw {med['masked_sample']:7.0f} tok/s",
                 flush=True,
             )
 
