@@ -14,8 +14,9 @@ terms. Where δ is small φ uses its series; where b_i is tiny (r_i huge) the te
 computed as x_i·log(x_i/b_i) − α(a_i − b_i) in log space, never forming r_i. The solve is a
 safeguarded Newton iteration on t = log α applied to log f(e^t) = log k, which is nearly
 linear in t (f ≈ c·α² for small α), with a bisection fallback inside a shrinking bracket.
-The returned α is always on the side where f(α) ≤ k, so the achieved KL never exceeds the
-target (the `expected` budget relies on this).
+A row stops only at an α where the computed f(α) ≤ k (within the tolerance below it), so
+the achieved KL never exceeds the target (the `expected` budget relies on this); rows the
+iteration cap stops are scaled back by convexity until they do.
 
 Gradients. α is found without autograd; :class:`_Mixture` carries the implicit-function
 gradient dα = (dk − ∂f/∂a·da)/f'(α*) in a hand-written backward, one pass over (…, V)
@@ -116,12 +117,12 @@ def fixed_kl_mixture(
         log_b: (..., V) log-base, normalised; entries may be -inf.
         k: (...) KL target in nats, ≥ 0 (+inf allowed).
         iters: cap on Newton iterations; the loop stops as soon as every row has
-            |log f(α) − log k| is below 1e-6 in float32, 1e-10 in float64
-            (typically 3-6 iterations from the χ² start).
+            log f(α) is within 1e-7 (float32 inputs; 1e-10 for float64) below log k,
+            typically 2-4 iterations from α = √(k / KL(a‖b)).
         autograd: differentiate through the algebra by autograd instead of the hand-written
             backward (same gradient, slower; always so when log_b needs a gradient).
         alpha0: (...) a guess of α (e.g. the rollout's, when PPO replays a step with
-            slightly moved parameters) where the Newton iteration starts instead of the χ²
+            slightly moved parameters) where the Newton iteration starts instead of its own
             estimate; entries outside (0, 1) are ignored. The root is the same to the
             solver's tolerance (the result may differ in rounding).
 
@@ -270,12 +271,16 @@ def _solve_alpha(
             for i in range(0, log_a.shape[0], step)
         ]
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
-    # Stop at the precision of the caller's dtype: the back-off below keeps f ≤ k anyway.
-    tol = 1e-10 if log_a.dtype == torch.float64 else 1e-6
+    # Stop near the precision of the caller's dtype (float32: KL within about an ulp of k).
+    tol = 1e-10 if log_a.dtype == torch.float64 else 1e-7
     kk = k.double()
     # KL(a‖b) in the input precision; +inf when a has mass outside supp(b).
-    pos = log_a > -torch.inf
-    f1 = (log_a.exp() * torch.where(pos, log_a - log_b, torch.zeros_like(log_a))).sum(-1)
+    # A plain dot product over the row; 0·(−inf) makes it NaN exactly where a_i = 0 meets
+    # b_i = 0 or log a_i = −inf, and only those rows take the slower sum that drops a_i = 0.
+    f1 = torch.linalg.vecdot(log_a.exp(), log_a - log_b)
+    if bool((odd := f1.isnan()).any()):
+        la, lb = log_a[odd], log_b[odd]
+        f1[odd] = (la.exp() * torch.where(la > -torch.inf, la - lb, 0.0)).sum(-1)
     f1 = f1.double().clamp(min=0.0)  # rounding can make KL(a‖a) slightly negative
     # k = 0 means "play the base", exactly; mass outside supp(b) is never played.
     full = (f1 <= kk) & (kk > 0) & torch.isfinite(f1)
@@ -303,30 +308,41 @@ def _solve_alpha(
         return s[:, 0] + al * s[:, 1], s[:, 1], L
 
     tiny = 1e-300
-    chi2 = (w[..., 1] * d).sum(-1).clamp(min=tiny)  # Σ b d² : f(α) ≈ α²χ²/2 for small α
     log_k_all = torch.log(kr)
-    t_all = (0.5 * (math.log(2.0) + log_k_all - torch.log(chi2))).clamp(max=0.0)
+    # Start where f would reach k if it grew as α² all the way to f(1) = KL(a‖b): close
+    # when the root is near 1 (the common case in a rollout), a few Newton steps otherwise.
+    t_all = (0.5 * (log_k_all - torch.log(f1[rows]))).clamp(max=0.0)
     if alpha0 is not None:
         guess = alpha0[rows].double()
         t_all = torch.where((guess > 0) & (guess < 1), guess.log(), t_all)
     # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
     lo_all = torch.full_like(t_all, math.log(tiny))
     hi = torch.zeros_like(t_all)
+    # The iteration aims half a tolerance below log k and a row is done only at an f ≤ k
+    # within tol of it: the α it keeps never overspends, and the log(x/b) and f of its last
+    # evaluation are kept, so settled rows need no further pass.
+    aim_all = log_k_all - 0.5 * tol
+    L_all = torch.empty_like(d)
+    f_all = torch.zeros_like(kr)
+    settled = torch.zeros_like(kr, dtype=torch.bool)
     # A converged row stays where it is (stepped again, it can land on its own bracket end
     # and be sent back to bisection), and once a quarter of the rows have converged the
     # rest are copied out, so that iterations cost only the rows still moving.
     todo = torch.arange(t_all.shape[0])
-    t, lo, log_k, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), log_k_all, kr, d, w
+    t, lo, aim, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), aim_all, kr, d, w
     for _ in range(iters):
         al = t.exp()
-        f, df, _ = f_df(al, d_todo, w_todo)
+        f, df, L = f_df(al, d_todo, w_todo)
         below = f <= k_todo
         lo = torch.where(below, torch.maximum(lo, t), lo)
         hi = torch.where(below, hi, torch.minimum(hi, t))
-        # Newton on h(t) = log f(e^t) − log k, with h'(t) = α f'(α) / f(α).
-        h = torch.log(f.clamp(min=tiny)) - log_k
-        done = h.abs() < tol
+        # Newton on h(t) = log f(e^t) − aim, with h'(t) = α f'(α) / f(α).
+        h = torch.log(f.clamp(min=tiny)) - aim
+        done = (h.abs() < 0.5 * tol) & below
         t_all[todo], lo_all[todo] = t, lo
+        if bool(done.any()):
+            idx = todo[done]
+            L_all[idx], f_all[idx], settled[idx] = L[done], f[done], True
         if bool(done.all()):
             break
         slope = al * df / f.clamp(min=tiny)
@@ -335,31 +351,35 @@ def _solve_alpha(
         t = torch.where(done, t, torch.where(bad, 0.5 * (lo + hi), t_new))
         keep = ~done
         if int(keep.sum()) <= 0.75 * keep.numel():  # copy the rows only when it pays
-            todo, t, lo, hi, log_k, k_todo = (
+            todo, t, lo, hi, aim, k_todo = (
                 todo[keep],
                 t[keep],
                 lo[keep],
                 hi[keep],
-                log_k[keep],
+                aim[keep],
                 k_todo[keep],
             )
             d_todo, w_todo = d_todo[keep], w_todo[keep]
     else:
         t_all[todo], lo_all[todo] = t, lo
     al = t_all.exp()
-    f, _, L = f_df(al, d, w)
-    # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
-    # A few rounds absorb rounding in f; the bracket's lower end is the last resort.
-    for attempt in range(5):
-        over = f > kr
-        if not bool(over.any()):
-            break
-        scaled = al * (kr / f) * (1 - 1e-10)
-        al = torch.where(over, scaled if attempt < 4 else lo_all.exp(), al)
-        f, _, L = f_df(al, d, w)
+    left = (~settled).nonzero().squeeze(-1)
+    if left.numel():  # rows the iteration cap stopped: evaluate, and back off until f ≤ k
+        al_l, k_l, d_l, w_l = al[left], kr[left], d[left], w[left]
+        f, _, L = f_df(al_l, d_l, w_l)
+        # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
+        # A few rounds absorb rounding in f; the bracket's lower end is the last resort.
+        for attempt in range(5):
+            over = f > k_l
+            if not bool(over.any()):
+                break
+            scaled = al_l * (k_l / f) * (1 - 1e-10)
+            al_l = torch.where(over, scaled if attempt < 4 else lo_all[left].exp(), al_l)
+            f, _, L = f_df(al_l, d_l, w_l)
+        al[left], f_all[left], L_all[left] = al_l, f, L
     alpha[rows] = al
-    kl[rows] = f.clamp(min=0.0)
+    kl[rows] = f_all.clamp(min=0.0)
     # log x = log b + log(x/b) at the final α, x on b's scale as given (b = 0 gives d = 0:
     # x = 0 there too), rounded once.
-    log_x[rows] = (log_b[rows].double() + L).to(log_b.dtype)
+    log_x[rows] = (log_b[rows].double() + L_all).to(log_b.dtype)
     return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x
