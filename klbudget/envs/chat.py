@@ -165,25 +165,30 @@ class ChatEnv:
         n = self.n_envs
         agent_turn = self.agent_turn()
         student_tok = self._sample_student(self._last.env_logits)
-        tokens = torch.where(agent_turn, actions.to(torch.long).cpu(), student_tok)
+        # The per-row work below reads and writes Python lists, turned into tensors once:
+        # indexing a tensor element by element costs more than the rest of the loop.
+        toks = torch.where(agent_turn, actions.to(torch.long).cpu(), student_tok).tolist()
+        agent_rows = agent_turn.tolist()
         reward = torch.zeros(n)
         finished: list[tuple[int, int]] = []  # (row, reply start) whose reply just ended
-        writers = torch.full((n,), WRITER_ENV, dtype=torch.long)
+        writers = [WRITER_ENV] * n
+        helped = [False] * n
+        speakers = [ENV] * n
         for i, conv in enumerate(self.convs):
-            if agent_turn[i] and self.help_action is not None and tokens[i] == self.help_action:
+            if agent_rows[i] and self.help_action is not None and toks[i] == self.help_action:
                 assert self.demonstrator is not None
                 conv.forced = list(self.demonstrator(self, i))
                 if not conv.forced:
                     raise RuntimeError("the demonstrator wrote nothing for a help step")
                 conv.helping = True
             if conv.forced:
-                tokens[i] = conv.forced.pop(0)
-            tok = int(tokens[i])
+                toks[i] = int(conv.forced.pop(0))
+            tok = toks[i]
             if conv.speaker == AGENT:
                 writers[i] = WRITER_DEMONSTRATOR if conv.helping else WRITER_AGENT
-                self.helped[i, self.t] = conv.helping
+                helped[i] = conv.helping
+                speakers[i] = AGENT
                 conv.helping = bool(conv.forced) and conv.helping
-            self.speaker[i, self.t] = AGENT if conv.speaker == AGENT else ENV
             conv.turn_ids.append(tok)
             # Only the tail is needed to spot a hand-over at the end of the turn.
             conv.turn_text = (conv.turn_text + self.text[tok])[-self._tail :]
@@ -219,7 +224,10 @@ class ChatEnv:
                     # Too long (a reply that ends in the first part of the separator is left
                     # to finish it or go on: a hand-back written after it would double it).
                     conv.forced = list(self.to_teacher_ids)
+        tokens = torch.tensor(toks, dtype=torch.long)
         self.ids[:, self.t] = tokens
+        self.speaker[:, self.t] = torch.tensor(speakers, dtype=torch.long)
+        self.helped[:, self.t] = torch.tensor(helped)
         self.t += 1
         done = self.t >= self.length
         if done:  # a reply cut off by the end of the episode is scored as it stands
@@ -229,7 +237,7 @@ class ChatEnv:
         terminated = torch.zeros(n, dtype=torch.bool)
         if not done:
             if self._observe is not None:
-                self._observe(writers)
+                self._observe(torch.tensor(writers, dtype=torch.long))
             self._last = self.base.step(tokens.to(self.device))
         info = {"tokens": tokens}
         return self._obs(), reward, terminated, truncated, info
