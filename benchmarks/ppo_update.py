@@ -1,5 +1,5 @@
 """The PPO update of a trained agent, with the mixture's hand-written backward, the same
-with the solve started from its χ² estimate instead of the rollout's α ("cold start"), with
+with the solve started from its own estimate instead of the rollout's α ("cold start"), with
 autograd through the solver's algebra, and with each minibatch in one part and the solve
 over all its rows at once ("one part": every (rows, actions) tensor as large as the
 minibatch, as before `ppo.microbatch`), side by side on the same batch.
