@@ -76,25 +76,27 @@ def main() -> None:
         }
         variants = {n: variants[n] for n in names}
         times: dict[str, list[float]] = {name: [] for name in variants}
-        for i in range(args.reps + 1):  # the first round is a warm-up
-            for name, (fn, ppo_cfg, solve_bytes) in variants.items():
-                for module, sd in zip(trainer._state()[0].values(), state, strict=True):
-                    module.load_state_dict(sd)
-                for opt, sd in zip(trainer._state()[1].values(), opts, strict=True):
-                    opt.load_state_dict(sd)
-                policy.fixed_kl_mixture = fn
-                mixture.SOLVE_BYTES = solve_bytes
-                gen = torch.Generator().manual_seed(i)
-                t0 = time.perf_counter()
-                ppo_update(
-                    trainer.actor, trainer.critic, trainer.actor_opt, trainer.critic_opt, batch,
-                    ppo_cfg, kl_target_coef=cfg.agent.kl_target_coef,
-                    kl_target_grad=cfg.agent.kl_target_grad, generator=gen,
-                )  # fmt: skip
-                if i:
-                    times[name].append(time.perf_counter() - t0)
-        policy.fixed_kl_mixture = fixed_kl_mixture
-        mixture.SOLVE_BYTES = chunk
+        try:
+            for i in range(args.reps + 1):  # the first round is a warm-up
+                for name, (fn, ppo_cfg, solve_bytes) in variants.items():
+                    for module, sd in zip(trainer._state()[0].values(), state, strict=True):
+                        module.load_state_dict(sd)
+                    for opt, sd in zip(trainer._state()[1].values(), opts, strict=True):
+                        opt.load_state_dict(sd)
+                    policy.fixed_kl_mixture = fn
+                    mixture.SOLVE_BYTES = solve_bytes
+                    gen = torch.Generator().manual_seed(i)
+                    t0 = time.perf_counter()
+                    ppo_update(
+                        trainer.actor, trainer.critic, trainer.actor_opt, trainer.critic_opt, batch,
+                        ppo_cfg, kl_target_coef=cfg.agent.kl_target_coef,
+                        kl_target_grad=cfg.agent.kl_target_grad, generator=gen,
+                    )  # fmt: skip
+                    if i:
+                        times[name].append(time.perf_counter() - t0)
+        finally:  # the module's own solver and chunk size, whatever happened
+            policy.fixed_kl_mixture = fixed_kl_mixture
+            mixture.SOLVE_BYTES = chunk
     steps = len(batch)
     part = min(micro_rows(cfg.ppo.microbatch, batch.base_logp), cfg.ppo.minibatch)
     print(f"{args.run}: {steps} agent steps, {100 * interior:.0f}% of them with 0 < α < 1, "
