@@ -2,14 +2,15 @@
 
     python benchmarks/mixture.py --model models/imitator-089968e3f369 --batch 64
 
-Rolls out one episode of a budget agent (the head of `benchmarks/rollout.py`: random
-weights, so that the solve has work), keeps the solver's inputs (log a, log b, k) of every
-agent step, then times `fixed_kl_mixture` on them, call after call, and prints the median
-time per call over the repetitions, how the rows split (α = 1: the proposal within the
-target; 0 < α < 1: solved; α = 0), and the float64 passes over (rows, V) per call (counted
-as the calls of `torch.log1p` in float64: one per Newton evaluation). The same inputs are
-timed warm, back to back, so a call here is faster than inside a rollout, where the model's
-forward runs between calls.
+Rolls out two episodes of a budget agent (`benchmarks/rollout.py`'s warm-up and one timed
+episode; its head has random weights, so that the solve has work), keeps the solver's inputs
+(log a, log b, k) of every agent step, then times `fixed_kl_mixture` on them, call after
+call, and prints the median time per call over the repetitions, how the rows split (α = 1:
+the proposal within the target; 0 < α < 1: solved; α = 0), and the float64 passes per
+call (counted as the calls of `torch.log1p` in float64: one per Newton evaluation; a solve
+whose rows exceed `mixture.SOLVE_BYTES` is split, and each part counts its own). The same
+inputs are timed warm, back to back, so a call here is faster than inside a rollout, where
+the model's forward runs between calls.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rollout import bench, model_args, parse_model_args  # noqa: E402
 
 
 def capture(model: Path, batch: int, length: int, head: str) -> list[tuple]:
-    """(log a, log b, k) of each agent step of one episode (after the warm-up)."""
+    """(log a, log b, k) of each agent step of the warm-up episode and one timed episode."""
     calls: list[tuple] = []
     real = policy.fixed_kl_mixture
 
