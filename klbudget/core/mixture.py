@@ -318,7 +318,6 @@ def _solve_alpha(
         t_all = torch.where((guess > 0) & (guess < 1), guess.log(), t_all)
     # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
     lo_all = torch.full_like(t_all, math.log(tiny))
-    hi = torch.zeros_like(t_all)
     # The iteration aims half a tolerance below log k and a row is done only at an f ≤ k
     # within tol of it: the α it keeps never overspends, and the log(x/b) and f of its last
     # evaluation are kept, so settled rows need no further pass.
@@ -326,11 +325,26 @@ def _solve_alpha(
     L_all = torch.empty_like(d)
     f_all = torch.zeros_like(kr)
     settled = torch.zeros_like(kr, dtype=torch.bool)
+    # KL(a‖b) in the input precision just above k can be within k in float64, and then
+    # α = 1, which the iteration (aiming under k) would only approach by bisection: such
+    # rows are tried at α = 1 first.
+    edge = (f1[rows] <= kr * (1 + 1e-3)).nonzero().squeeze(-1)
+    if edge.numel():
+        f, _, L = f_df(torch.ones_like(kr[edge]), d[edge], w[edge])
+        fits = f <= kr[edge]
+        one = edge[fits]
+        t_all[one], settled[one] = 0.0, True
+        L_all[one], f_all[one] = L[fits], f[fits]
     # A converged row stays where it is (stepped again, it can land on its own bracket end
     # and be sent back to bisection), and once a quarter of the rows have converged the
     # rest are copied out, so that iterations cost only the rows still moving.
     todo = torch.arange(t_all.shape[0])
     t, lo, aim, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), aim_all, kr, d, w
+    if bool(settled.any()):
+        keep = ~settled
+        todo, t, lo, aim, k_todo = todo[keep], t[keep], lo[keep], aim[keep], k_todo[keep]
+        d_todo, w_todo = d_todo[keep], w_todo[keep]
+    hi = torch.zeros_like(t)
     for _ in range(iters):
         al = t.exp()
         f, df, L = f_df(al, d_todo, w_todo)
@@ -386,4 +400,6 @@ def _solve_alpha(
     # log x = log b + log(x/b) at the final α, x on b's scale as given (b = 0 gives d = 0:
     # x = 0 there too), rounded once.
     log_x[rows] = (log_b[rows].double() + L_all).to(log_b.dtype)
+    whole = rows[al == 1]  # α = 1 (the rows above that fit at 1): log a as given
+    log_x[whole] = log_a[whole]
     return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x

@@ -245,3 +245,32 @@ def test_rows_solved_a_few_at_a_time_match_all_at_once(monkeypatch) -> None:
         torch.testing.assert_close(parts[1], whole[1], rtol=1e-9, atol=0)
         torch.testing.assert_close(parts[2], whole[2], rtol=1e-9, atol=0)
         assert bool((parts[1] <= k).all())
+
+
+def test_a_proposal_within_the_target_only_in_float64_is_played_whole(monkeypatch) -> None:
+    """KL(a‖b) summed in float32 can come out just above k while the float64 KL is within
+    it: then α = 1, found in one evaluation, not approached by 30 steps of bisection."""
+    g = torch.Generator().manual_seed(0)
+    log_b = (2 * torch.randn(64, 300, generator=g)).log_softmax(-1)
+    log_a = (0.05 * torch.randn(64, 300, generator=g) + log_b).log_softmax(-1)
+    a, b = log_a.double().exp(), log_b.double().exp()
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    kl64 = (a * (a / b).log()).sum(-1)
+    k = (kl64 * (1 + 5e-7)).float()
+    kl32 = torch.linalg.vecdot(log_a.exp(), log_a - log_b)
+    rows = kl32 > k  # "over the target" in float32
+    assert int(rows.sum()) >= 8
+    real, evaluations = torch.log1p, []
+
+    def counted(x, *args, **kwargs):
+        if x.dtype == torch.float64 and x.numel():
+            evaluations.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "log1p", counted)
+    out = fixed_kl_mixture(log_a[rows], log_b[rows], k[rows])
+    monkeypatch.undo()
+    assert len(evaluations) == 1
+    assert (out.alpha == 1).all()
+    assert torch.equal(out.log_x, log_a[rows])
+    assert (out.kl <= k[rows]).all()
