@@ -13,6 +13,9 @@ alone with its stock attention over the whole masked cache. The model alone runs
 second process, one repetition after each rollout episode while the rollout waits, so that
 each ratio compares an episode with the model alone on the same machine a moment later:
 the ratios printed are the medians of those pairs, with their range.
+`--count-calls` prints instead the torch calls per step outside the base model's step
+(`torch.profiler` over one episode after a warm-up; each call counted once with what it
+calls inside): the rollout's own overhead in calls, whatever the machine's speed.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -53,6 +56,9 @@ def tiny_model(size: str, out: Path, tokenizer_from: str | None = None) -> Path:
     return make_tiny_model(out, texts, vocab_size=4096, **TINY[size])
 
 
+BASE_LABEL = "base model step"
+
+
 class TimedBase:
     """Wraps a base policy and accumulates the wall time of its forward passes."""
 
@@ -65,7 +71,8 @@ class TimedBase:
 
     def _timed(self, fn, *args, **kwargs):
         t = time.perf_counter()
-        out = fn(*args, **kwargs)
+        with torch.profiler.record_function(BASE_LABEL):
+            out = fn(*args, **kwargs)
         self.seconds += time.perf_counter() - t
         return out
 
@@ -74,6 +81,19 @@ class TimedBase:
 
     def step(self, tokens):
         return self._timed(self.base.step, tokens)
+
+
+def _setup(model_dir: Path, batch: int, length: int, head: str):
+    """The benchmark's base (timed), chat environment, budget agent and generator."""
+    base = TimedBase(HFBase(model_dir))
+    chat = ChatFormat(prompt="Student: Hi! Can you help me?\n\nTeacher:")
+    env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length, chat=chat)
+    d = base.feature_dim + 2
+    torch.manual_seed(0)
+    actor = make_actor(d, base, head)
+    with torch.no_grad():  # a trained-looking head, so the mixture solve does real work
+        (actor.z.weight if head == "full" else actor.proj.weight).normal_(0, 0.05)
+    return base, env, actor, Critic(d, 256), torch.Generator().manual_seed(0)
 
 
 def bench(
@@ -87,16 +107,7 @@ def bench(
 ) -> dict:
     """Rollout rates, one entry per timed episode (after a warm-up); `between` runs after
     each timed episode (the model alone, so that the two alternate on the same machine)."""
-    base = TimedBase(HFBase(model_dir))
-    chat = ChatFormat(prompt="Student: Hi! Can you help me?\n\nTeacher:")
-    env = ChatEnv(base, base.tokenizer, VaderSentiment(), n_envs=batch, length=length, chat=chat)
-    d = base.feature_dim + 2
-    torch.manual_seed(0)
-    actor = make_actor(d, base, head)
-    with torch.no_grad():  # a trained-looking head, so the mixture solve does real work
-        (actor.z.weight if head == "full" else actor.proj.weight).normal_(0, 0.05)
-    critic = Critic(d, 256)
-    g = torch.Generator().manual_seed(0)
+    base, env, actor, critic, g = _setup(model_dir, batch, length, head)
     run_episode(env, actor, critic, budget=budget, mode="realized", budget_scale=budget,
                 generator=g, seed=0)  # fmt: skip  # warm-up
     shares, agent_rates, total_rates, peak = [], [], [], 0.0
@@ -119,6 +130,27 @@ def bench(
         "peak_rss_mb": peak,
         "params_m": sum(p.numel() for p in base.model.parameters()) / 1e6,
     }
+
+
+def calls_per_step(model_dir: Path, batch: int, length: int, budget: float, head: str) -> dict:
+    """Torch calls per step outside the base model's step, counted by `torch.profiler` over
+    one episode after a warm-up: the calls made by the rollout's own code (the actor, the
+    mixture, sampling, the environment), each counted once with what it calls inside."""
+    from torch.profiler import ProfilerActivity, profile
+
+    base, env, actor, critic, g = _setup(model_dir, batch, length, head)
+
+    def episode(seed: int):
+        return run_episode(env, actor, critic, budget=budget, mode="realized",
+                           budget_scale=budget, generator=g, seed=seed)  # fmt: skip
+
+    episode(0)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        episode(1)
+    top = [e for e in prof.events() if e.cpu_parent is None]
+    steps = sum(e.name == BASE_LABEL for e in top)
+    outside = [e for e in top if e.name != BASE_LABEL]
+    return {"steps": steps, "calls": len(outside) / max(steps, 1)}
 
 
 class ModelAlone:
@@ -251,6 +283,11 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--head", choices=("full", "embed"), default="full", help="actor head")
+    p.add_argument(
+        "--count-calls",
+        action="store_true",
+        help="instead: torch calls per step outside the model (torch.profiler, one episode)",
+    )
     args = parse_model_args(p)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,6 +299,11 @@ def main() -> None:
         )
         name = args.model or f"random {args.tiny}"
         for b in args.batch:
+            if args.count_calls:
+                c = calls_per_step(model, b, args.length, args.budget, args.head)
+                print(f"{name} ({args.head} head) batch {b:3d}: {c['calls']:.0f} torch calls "
+                      f"per step outside the base model's step ({c['steps']} steps)")  # fmt: skip
+                continue
             r, alone = paired(model, b, args.length, args.episodes, args.budget, args.head,
                               args.threads)  # fmt: skip
             agent, total = r["agent_tok_s"], r["total_tok_s"]
