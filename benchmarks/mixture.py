@@ -11,10 +11,15 @@ call (counted as the calls of `torch.log1p` in float64: one per Newton evaluatio
 whose rows exceed `mixture.SOLVE_BYTES` is split, and each part counts its own). The same
 inputs are timed warm, back to back, so a call here is faster than inside a rollout, where
 the model's forward runs between calls.
+
+`--against FILE` times another version of the solver on the same inputs, pass by pass in
+turn with this one (e.g. `git show 2aeba38:klbudget/core/mixture.py > /tmp/old.py`), and
+prints both medians, their ratio and the largest difference between the two results.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import sys
 import time
@@ -64,27 +69,76 @@ def passes(calls: list[tuple]) -> float:
     return count[0] / len(calls)
 
 
+def load_solver(path: str):
+    """`fixed_kl_mixture` of another version of klbudget/core/mixture.py, or None."""
+    spec = importlib.util.spec_from_file_location("mixture_against", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - any failure to import means: not a solver file
+        return None
+    return getattr(module, "fixed_kl_mixture", None)
+
+
+def timed(solvers: dict, calls: list[tuple], reps: int) -> dict[str, list[float]]:
+    """Seconds per solve of each solver, one pass over the inputs each in turn."""
+    times: dict[str, list[float]] = {name: [] for name in solvers}
+    for rep in range(reps + 1):  # the first is a warm-up
+        for name, solve in solvers.items():
+            t0 = time.perf_counter()
+            for log_a, log_b, k in calls:
+                solve(log_a, log_b, k)
+            if rep:
+                times[name].append((time.perf_counter() - t0) / len(calls))
+    return times
+
+
+def compare(other, calls: list[tuple]) -> str:
+    """Largest |Δα| and |Δ log x| (where finite) between this solver and `other`, and
+    whether both keep KL ≤ k on every row."""
+    d_alpha, d_logx, safe = 0.0, 0.0, [True, True]
+    for log_a, log_b, k in calls:
+        outs = mixture.fixed_kl_mixture(log_a, log_b, k), other(log_a, log_b, k)
+        for j, out in enumerate(outs):
+            safe[j] &= bool((out.kl <= k).all())
+        d_alpha = max(d_alpha, float((outs[0].alpha - outs[1].alpha).abs().max()))
+        finite = torch.isfinite(outs[0].log_x) & torch.isfinite(outs[1].log_x)
+        if not torch.equal(finite, torch.isfinite(outs[0].log_x)):
+            d_logx = float("inf")  # different supports
+        elif bool(finite.any()):
+            gap = (outs[0].log_x - outs[1].log_x)[finite].abs().max()
+            d_logx = max(d_logx, float(gap))
+    return (
+        f"largest difference: alpha {d_alpha:.3g}, log x {d_logx:.3g}; "
+        f"KL <= k on every row: this {safe[0]}, against {safe[1]}"
+    )
+
+
 def main() -> None:
     p = model_args(__doc__, 256)
     p.set_defaults(batch=[64])
     p.add_argument("--reps", type=int, default=7, help="timed passes over the inputs")
     p.add_argument("--head", choices=("full", "embed"), default="full", help="actor head")
+    p.add_argument("--against", metavar="FILE", help="another version of core/mixture.py")
     args = parse_model_args(p)
     if args.model is None:
         p.error("--model is required here")
+    other = None
+    if args.against is not None and (other := load_solver(args.against)) is None:
+        p.error(f"--against {args.against}: not a Python file defining fixed_kl_mixture")
     for b in args.batch:
         calls = capture(Path(args.model), b, args.length, args.head)
         if not calls:
             print(f"batch {b}: no agent step in the episode")
             continue
         alpha = torch.cat([mixture.fixed_kl_mixture(*c).alpha.reshape(-1) for c in calls])
-        times = []
-        for rep in range(args.reps + 1):  # the first is a warm-up
-            t0 = time.perf_counter()
-            for log_a, log_b, k in calls:
-                mixture.fixed_kl_mixture(log_a, log_b, k)
-            if rep:
-                times.append((time.perf_counter() - t0) / len(calls))
+        solvers = {"this": mixture.fixed_kl_mixture}
+        if other is not None:
+            solvers["against"] = other
+        all_times = timed(solvers, calls, args.reps)
+        times = all_times["this"]
         rows = alpha.numel() / len(calls)
         inner = ((alpha > 0) & (alpha < 1)).float().mean()
         print(
@@ -96,6 +150,15 @@ def main() -> None:
             f"{passes(calls):.2f} float64 passes per solve",
             flush=True,
         )
+        if other is not None:
+            this, them = (statistics.median(all_times[n]) for n in ("this", "against"))
+            pairs = [b / a for a, b in zip(all_times["this"], all_times["against"], strict=True)]
+            print(
+                f"    against {args.against}: {1e6 * them:.0f} us per solve; against / this "
+                f"{them / this:.2f}x (pass by pass {min(pairs):.2f}-{max(pairs):.2f}); "
+                + compare(other, calls),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,24 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
         ("training.py", ["--tiny", "1m", "--heads", "full,wide"], "unknown heads ['wide']"),
         ("mixture.py", ["--tiny", "1m"], "--model is required here"),
         ("mixture.py", ["--model", "/nonexistent"], "not a model folder (no config.json)"),
+        (
+            "mixture.py",
+            ["--model", "{model}", "--against", "{model}/config.json"],
+            "not a Python file defining fixed_kl_mixture",
+        ),
+        (
+            "mixture.py",
+            ["--model", "{model}", "--against", "/nonexistent.py"],
+            "not a Python file defining fixed_kl_mixture",
+        ),
     ],
 )
-def test_bad_arguments_are_refused_in_one_line(tmp_path, script, args, says) -> None:
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+def test_bad_arguments_are_refused_in_one_line(
+    tmp_path, tmp_path_factory, script, args, says
+) -> None:
+    model = tmp_path_factory.mktemp("model")  # passes the folder check, outside tmp_path
+    (model / "config.json").write_text("{}")
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{model}", str(model)) for a in args]
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
