@@ -19,7 +19,6 @@ prints both medians, their ratio and the largest difference between the two resu
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import klbudget.core.mixture as mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout import bench, model_args, parse_model_args  # noqa: E402
+from rollout import bench, load_solver, model_args, parse_model_args  # noqa: E402
 
 
 def capture(model: Path, batch: int, length: int, head: str) -> list[tuple]:
@@ -67,19 +66,6 @@ def passes(calls: list[tuple]) -> float:
     finally:
         torch.log1p = real
     return count[0] / len(calls)
-
-
-def load_solver(path: str):
-    """`fixed_kl_mixture` of another version of klbudget/core/mixture.py, or None."""
-    spec = importlib.util.spec_from_file_location("mixture_against", path)
-    if spec is None or spec.loader is None or not Path(path).is_file():
-        return None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 - any failure to import means: not a solver file
-        return None
-    return getattr(module, "fixed_kl_mixture", None)
 
 
 def timed(solvers: dict, calls: list[tuple], reps: int) -> dict[str, list[float]]:

@@ -12,6 +12,8 @@ The run folder is copied and resumed from its newest checkpoint, one batch of ep
 collected (timed: the rollout), and each variant runs whole updates (`ppo_update`, the
 trainer's settings) from the same actor, critic and optimiser state, alternating, so both
 see the same machine. Prints medians over the timed repetitions and the ratio.
+`--against FILE` adds a variant with another version's solver (`fixed_kl_mixture` of FILE,
+e.g. `git show 2aeba38:klbudget/core/mixture.py > /tmp/old.py`) in the trainer's settings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +38,10 @@ from klbudget.agent.trainer import Trainer, cat_batches
 from klbudget.config import load
 from klbudget.core.mixture import fixed_kl_mixture
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rollout import load_solver  # noqa: E402
+
 VARIANTS = ("hand-written", "cold start", "autograd", "one-part")
 
 
@@ -44,10 +51,16 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     p.add_argument("--reps", type=int, default=3, help="timed updates per variant")
     p.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
+    p.add_argument("--against", metavar="FILE", help="also: another version of core/mixture.py")
     args = p.parse_args()
     names = args.only.split(",") if args.only else list(VARIANTS)
     if unknown := set(names) - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}; expected some of {list(VARIANTS)}")
+    other = None
+    if args.against is not None:
+        if (other := load_solver(args.against)) is None:
+            p.error(f"--against {args.against}: not a Python file defining fixed_kl_mixture")
+        names.append("against")
     if not (Path(args.run) / "config.toml").is_file():
         p.error(f"{args.run}: not a run folder (no config.toml)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +86,7 @@ def main() -> None:
             "cold start": (lambda *a, alpha0=None, **k: hand(*a, **k), cfg.ppo, chunk),
             "autograd": (functools.partial(hand, autograd=True), cfg.ppo, chunk),
             "one-part": (hand, whole, 1 << 62),
+            "against": (other, cfg.ppo, chunk),  # another version's solver (--against)
         }
         variants = {n: variants[n] for n in names}
         times: dict[str, list[float]] = {name: [] for name in variants}
@@ -106,7 +120,7 @@ def main() -> None:
     for name, m in med.items():
         print(f"update {name:<12}{m:6.2f} s  (median of {args.reps})")
     if "hand-written" in med:
-        for name in ("autograd", "cold start", "one-part"):
+        for name in ("autograd", "cold start", "one-part", "against"):
             if name in med:
                 print(f"{name} / hand-written: {med[name] / med['hand-written']:.2f}x")
 

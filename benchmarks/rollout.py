@@ -13,9 +13,13 @@ alone with its stock attention over the whole masked cache. The model alone runs
 second process, one repetition after each rollout episode while the rollout waits, so that
 each ratio compares an episode with the model alone on the same machine a moment later:
 the ratios printed are the medians of those pairs, with their range.
-`--count-calls` prints instead the torch calls per step outside the base model's step
-(`torch.profiler` over one episode after a warm-up; each call counted once with what it
-calls inside): the rollout's own overhead in calls, whatever the machine's speed.
+`--against FILE` runs instead episodes with this solver and with another version's
+(`fixed_kl_mixture` of FILE, e.g. `git show 2aeba38:klbudget/core/mixture.py > /tmp/old.py`)
+in turn, in one process with the same seeds, and prints each one's total tokens/s and whether
+the two played the same episodes. `--count-calls` prints instead the torch calls per step
+outside the base model's step (`torch.profiler` over one episode after a warm-up; each call
+counted once with what it calls inside): the rollout's own overhead in calls, whatever the
+machine's speed.
 `--tiny 1m|10m` builds a random GPT-2-architecture model (vocab 4096; 2×128 or 8×320)
 with a BPE trained on chitchat-dataset text, in a temporary folder.
 """
@@ -23,6 +27,7 @@ with a BPE trained on chitchat-dataset text, in a temporary folder.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import resource
 import statistics
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+import klbudget.agent.policy as policy
 from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.rollout import run_episode
 from klbudget.base.hf import HFBase
@@ -151,6 +157,46 @@ def calls_per_step(model_dir: Path, batch: int, length: int, budget: float, head
     steps = sum(e.name == BASE_LABEL for e in top)
     outside = [e for e in top if e.name != BASE_LABEL]
     return {"steps": steps, "calls": len(outside) / max(steps, 1)}
+
+
+def load_solver(path: str):
+    """`fixed_kl_mixture` of another version of klbudget/core/mixture.py, or None."""
+    spec = importlib.util.spec_from_file_location("mixture_against", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - any failure to import means: not a solver file
+        return None
+    return getattr(module, "fixed_kl_mixture", None)
+
+
+def against(
+    model_dir: Path, batch: int, length: int, episodes: int, budget: float, head: str, other
+) -> dict[str, list]:
+    """Total tokens/s of episodes played with this solver and with `other`, in turn, each
+    pair with the same seed, and what each episode played (agent steps, KL, return)."""
+    base, env, actor, critic, _ = _setup(model_dir, batch, length, head)
+    solvers = {"this": policy.fixed_kl_mixture, "against": other}
+    out: dict[str, list] = {f"{n}_{k}": [] for n in solvers for k in ("tok_s", "played")}
+    try:
+        for i in range(episodes + 1):  # the first pair is a warm-up
+            for name, solve in solvers.items():
+                policy.fixed_kl_mixture = solve
+                t = time.perf_counter()
+                ep = run_episode(env, actor, critic, budget=budget, mode="realized",
+                                 budget_scale=budget, generator=torch.Generator().manual_seed(i),
+                                 seed=i)  # fmt: skip
+                wall = time.perf_counter() - t
+                if i:
+                    out[f"{name}_tok_s"].append(batch * (length - len(env.prompt_ids)) / wall)
+                    out[f"{name}_played"].append(
+                        (ep.agent_steps, ep.kl.tolist(), ep.returns.tolist())
+                    )
+    finally:
+        policy.fixed_kl_mixture = solvers["this"]
+    return out
 
 
 class ModelAlone:
@@ -288,7 +334,15 @@ def main() -> None:
         action="store_true",
         help="instead: torch calls per step outside the model (torch.profiler, one episode)",
     )
+    p.add_argument(
+        "--against",
+        metavar="FILE",
+        help="instead: episodes with this solver and with FILE's (another core/mixture.py)",
+    )
     args = parse_model_args(p)
+    other = None
+    if args.against is not None and (other := load_solver(args.against)) is None:
+        p.error(f"--against {args.against}: not a Python file defining fixed_kl_mixture")
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,6 +357,18 @@ def main() -> None:
                 c = calls_per_step(model, b, args.length, args.budget, args.head)
                 print(f"{name} ({args.head} head) batch {b:3d}: {c['calls']:.0f} torch calls "
                       f"per step outside the base model's step ({c['steps']} steps)")  # fmt: skip
+                continue
+            if other is not None:
+                ab = against(model, b, args.length, args.episodes, args.budget, args.head, other)
+                this, them = ab["this_tok_s"], ab["against_tok_s"]
+                each = [y / x for x, y in zip(this, them, strict=True)]
+                same = "yes" if ab["this_played"] == ab["against_played"] else "no"
+                print(f"{name} ({args.head} head) batch {b:3d}: total "
+                      f"{statistics.median(this):7.0f} tok/s, against {args.against} "
+                      f"{statistics.median(them):7.0f} tok/s (medians of {len(this)}); "
+                      f"against / this {statistics.median(each):.2f} "
+                      f"({min(each):.2f}-{max(each):.2f}); the same episodes: {same}",
+                      flush=True)  # fmt: skip
                 continue
             r, alone = paired(model, b, args.length, args.episodes, args.budget, args.head,
                               args.threads)  # fmt: skip

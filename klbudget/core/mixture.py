@@ -39,7 +39,7 @@ from torch import Tensor
 _SMALL_DELTA = 1e-3  # below this |δ| the series of φ is more accurate than the closed form
 # The solve's float64 (rows, V) tensors stay within this many bytes (rows are solved a few
 # at a time): large ones are fresh pages from the system on every allocation, which cost
-# more than the arithmetic (README, "Benchmarks"), and small ones stay in cache.
+# more than the arithmetic (docs/benchmarks.md, "Fresh pages"), and small ones stay in cache.
 SOLVE_BYTES = 1 << 20
 
 

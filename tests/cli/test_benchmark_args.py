@@ -32,6 +32,17 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
             ["--model", "{model}", "--against", "/nonexistent.py"],
             "not a Python file defining fixed_kl_mixture",
         ),
+        (
+            "rollout.py",
+            ["--tiny", "1m", "--against", "{model}/config.json"],
+            "not a Python file defining fixed_kl_mixture",
+        ),
+        (
+            "ppo_update.py",
+            ["--run", "{model}", "--against", "/nonexistent.py"],
+            "not a Python file defining fixed_kl_mixture",
+        ),
+        ("ppo_update.py", ["--run", "{tmp}"], "not a run folder (no config.toml)"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(
