@@ -19,6 +19,7 @@ prints both medians, their ratio and the largest difference between the two resu
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -81,21 +82,25 @@ def timed(solvers: dict, calls: list[tuple], reps: int) -> dict[str, list[float]
     return times
 
 
+def gap(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest |x − y|, equal entries (−inf and −inf, NaN and NaN included) counting 0 and
+    entries that differ in kind (a NaN or an infinity against anything else) inf."""
+    same = (x == y) | (x.isnan() & y.isnan())
+    diff = torch.where(same, torch.zeros_like(x), (x - y).abs())
+    diff = diff.nan_to_num(nan=math.inf, posinf=math.inf)
+    return float(diff.max()) if diff.numel() else 0.0
+
+
 def compare(other, calls: list[tuple]) -> str:
-    """Largest |Δα| and |Δ log x| (where finite) between this solver and `other`, and
-    whether both keep KL ≤ k on every row."""
+    """Largest |Δα| and |Δ log x| between this solver and `other` (inf where one is finite
+    and the other not), and whether both keep KL ≤ k on every row."""
     d_alpha, d_logx, safe = 0.0, 0.0, [True, True]
     for log_a, log_b, k in calls:
         outs = mixture.fixed_kl_mixture(log_a, log_b, k), other(log_a, log_b, k)
         for j, out in enumerate(outs):
             safe[j] &= bool((out.kl <= k).all())
-        d_alpha = max(d_alpha, float((outs[0].alpha - outs[1].alpha).abs().max()))
-        finite = torch.isfinite(outs[0].log_x) & torch.isfinite(outs[1].log_x)
-        if not torch.equal(finite, torch.isfinite(outs[0].log_x)):
-            d_logx = float("inf")  # different supports
-        elif bool(finite.any()):
-            gap = (outs[0].log_x - outs[1].log_x)[finite].abs().max()
-            d_logx = max(d_logx, float(gap))
+        d_alpha = max(d_alpha, gap(outs[0].alpha, outs[1].alpha))
+        d_logx = max(d_logx, gap(outs[0].log_x, outs[1].log_x))
     return (
         f"largest difference: alpha {d_alpha:.3g}, log x {d_logx:.3g}; "
         f"KL <= k on every row: this {safe[0]}, against {safe[1]}"

@@ -167,7 +167,7 @@ def load_solver(path: str):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 - any failure to import means: not a solver file
+    except (Exception, SystemExit):  # noqa: BLE001 - a file that fails to import: not a solver
         return None
     return getattr(module, "fixed_kl_mixture", None)
 
@@ -340,6 +340,8 @@ def main() -> None:
         help="instead: episodes with this solver and with FILE's (another core/mixture.py)",
     )
     args = parse_model_args(p)
+    if args.against is not None and args.count_calls:
+        p.error("--against and --count-calls are two different runs: give one")
     other = None
     if args.against is not None and (other := load_solver(args.against)) is None:
         p.error(f"--against {args.against}: not a Python file defining fixed_kl_mixture")

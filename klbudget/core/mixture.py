@@ -16,7 +16,9 @@ safeguarded Newton iteration on t = log α applied to log f(e^t) = log k, which 
 linear in t (f ≈ c·α² for small α), with a bisection fallback inside a shrinking bracket.
 A row stops only at an α where the computed f(α) ≤ k (within the tolerance below it), so
 the achieved KL never exceeds the target (the `expected` budget relies on this); rows the
-iteration cap stops are scaled back by convexity until they do.
+iteration cap stops are scaled back by convexity until they do. "Computed" is float64: for
+targets below about 1e-30 nats, f's rounding is as large as k itself, and the exact KL of
+the returned α can exceed k by that rounding.
 
 Gradients. α is found without autograd; :class:`_Mixture` carries the implicit-function
 gradient dα = (dk − ∂f/∂a·da)/f'(α*) in a hand-written backward, one pass over (…, V)
@@ -248,6 +250,17 @@ def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
     return MixtureOut(log_x, kl, alpha)
 
 
+def _exp(x: np.ndarray) -> np.ndarray:
+    """exp of a host float64 array, rounded as torch rounds it on the CPU (numpy's exp can
+    differ in the last place, which would change α in its last bits)."""
+    return torch.from_numpy(x).exp().numpy()
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """log of a host float64 array, rounded as torch rounds it on the CPU."""
+    return torch.from_numpy(x).log().numpy()
+
+
 @torch.no_grad()
 def _solve_alpha(
     log_a: Tensor, log_b: Tensor, k: Tensor, iters: int, alpha0: Tensor | None = None
@@ -259,8 +272,9 @@ def _solve_alpha(
     f = Σ b·L + α·f'. Float64 matters: f is O(α²) while its terms are O(α). The last
     iteration's L is log(x/b) at the returned α, so log x = log b + L costs one addition;
     rows at α = 0 and α = 1 return log b and log a as given. The Newton and bracket
-    arithmetic on the few numbers per row runs on the host in numpy (the same float64
-    operations, at a fraction of a torch call's cost each; `benchmarks/mixture.py`).
+    arithmetic on the few numbers per row runs on the host in numpy (float64, exp and log
+    through torch's CPU kernels, so that on the CPU the results equal those of the same
+    arithmetic in torch to the bit), at a fraction of a torch call's cost per operation.
     """
     step = max(1, SOLVE_BYTES // (8 * log_a.shape[-1]))
     if log_a.shape[0] > step:  # rows are independent: solve a few at a time
@@ -319,15 +333,15 @@ def _solve_alpha(
     kr, f1r = kk[rows].cpu().numpy(), f1[rows].cpu().numpy()
     tiny = 1e-300
     with np.errstate(all="ignore"):
-        log_k_all = np.log(kr)
+        log_k_all = _log(kr)
         # Start where f would reach k if it grew as α² all the way to f(1) = KL(a‖b): close
         # when the root is near 1 (the common case in a rollout), a few Newton steps
         # otherwise.
-        t_all = np.minimum(0.5 * (log_k_all - np.log(f1r)), 0.0)
+        t_all = np.minimum(0.5 * (log_k_all - _log(f1r)), 0.0)
         if alpha0 is not None:
             guess = alpha0[rows].double().cpu().numpy()
             inside = (guess > 0) & (guess < 1)
-            t_all = np.where(inside, np.log(np.where(inside, guess, 1.0)), t_all)
+            t_all = np.where(inside, _log(np.where(inside, guess, 1.0)), t_all)
         # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
         lo_all = np.full_like(t_all, math.log(tiny))
         # The iteration aims half a tolerance below log k and a row is done only at an
@@ -359,13 +373,13 @@ def _solve_alpha(
             d_todo, w_todo = d[on_device(todo)], w[on_device(todo)]
         hi = np.zeros_like(t)
         for _ in range(iters if todo.size else 0):
-            al = np.exp(t)
+            al = _exp(t)
             f, df, L = f_df(al, d_todo, w_todo)
             below = f <= k_todo
             lo = np.where(below, np.maximum(lo, t), lo)
             hi = np.where(below, hi, np.minimum(hi, t))
             # Newton on h(t) = log f(e^t) − aim, with h'(t) = α f'(α) / f(α).
-            h = np.log(np.maximum(f, tiny)) - aim
+            h = _log(np.maximum(f, tiny)) - aim
             # A row settles once and then stays as it settled, evaluated again or not.
             was = settled[todo]
             new = (np.abs(h) < 0.5 * tol) & below & ~was
@@ -386,7 +400,7 @@ def _solve_alpha(
                 d_todo, w_todo = d_todo[on_device(keep)], w_todo[on_device(keep)]
         else:
             t_all[todo], lo_all[todo] = t, lo
-        al = np.exp(t_all)
+        al = _exp(t_all)
         left = np.flatnonzero(~settled)
         if left.size:  # rows the iteration cap stopped: evaluate, and back off until f ≤ k
             lt = on_device(left)
@@ -400,7 +414,7 @@ def _solve_alpha(
                 if not over.any():
                     break
                 scaled = al_l * (k_l / f) * (1 - 1e-10)
-                al_l = np.where(over, scaled if attempt < 4 else np.exp(lo_all[left]), al_l)
+                al_l = np.where(over, scaled if attempt < 4 else _exp(lo_all[left]), al_l)
                 f, _, L = f_df(al_l, d_l, w_l)
             al[left], f_all[left], L_all[lt] = al_l, f, L
     alpha[rows] = on_device(al)

@@ -43,6 +43,11 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
             "not a Python file defining fixed_kl_mixture",
         ),
         ("ppo_update.py", ["--run", "{tmp}"], "not a run folder (no config.toml)"),
+        (
+            "rollout.py",
+            ["--tiny", "1m", "--count-calls", "--against", "/nonexistent.py"],
+            "--against and --count-calls are two different runs",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(
