@@ -16,9 +16,9 @@ safeguarded Newton iteration on t = log α applied to log f(e^t) = log k, which 
 linear in t (f ≈ c·α² for small α), with a bisection fallback inside a shrinking bracket.
 A row stops only at an α where the computed f(α) ≤ k (within the tolerance below it), so
 the achieved KL never exceeds the target (the `expected` budget relies on this); rows the
-iteration cap stops are scaled back by convexity until they do. "Computed" is float64: for
-targets below about 1e-30 nats, f's rounding is as large as k itself, and the exact KL of
-the returned α can exceed k by that rounding.
+iteration cap stops are scaled back by convexity until they do. "Computed" is float64, whose
+rounding of f is about 1e-32 nats at the smallest α (its terms are O(α), f is O(α²)): for
+targets below about 1e-25 nats the exact KL of the returned α can exceed k by that much.
 
 Gradients. α is found without autograd; :class:`_Mixture` carries the implicit-function
 gradient dα = (dk − ∂f/∂a·da)/f'(α*) in a hand-written backward, one pass over (…, V)
@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -250,17 +249,6 @@ def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
     return MixtureOut(log_x, kl, alpha)
 
 
-def _exp(x: np.ndarray) -> np.ndarray:
-    """exp of a host float64 array, rounded as torch rounds it on the CPU (numpy's exp can
-    differ in the last place, which would change α in its last bits)."""
-    return torch.from_numpy(x).exp().numpy()
-
-
-def _log(x: np.ndarray) -> np.ndarray:
-    """log of a host float64 array, rounded as torch rounds it on the CPU."""
-    return torch.from_numpy(x).log().numpy()
-
-
 @torch.no_grad()
 def _solve_alpha(
     log_a: Tensor, log_b: Tensor, k: Tensor, iters: int, alpha0: Tensor | None = None
@@ -268,13 +256,10 @@ def _solve_alpha(
     """Root α of KL(x_α‖b) = k on [0, 1], the KL it achieves (never above k), and log x_α.
 
     Runs in float64 on precomputed d = a/b − 1, so one iteration costs one log1p and one
-    batched matrix product per row: L = log(1 + αd), [Σ b·L, f'] = [b, a − b]·L,
+    batched matrix product per row: L = log(1 + αd), [Σ b·L, f'] = L·[b, a − b],
     f = Σ b·L + α·f'. Float64 matters: f is O(α²) while its terms are O(α). The last
     iteration's L is log(x/b) at the returned α, so log x = log b + L costs one addition;
-    rows at α = 0 and α = 1 return log b and log a as given. The Newton and bracket
-    arithmetic on the few numbers per row runs on the host in numpy (float64, exp and log
-    through torch's CPU kernels, so that on the CPU the results equal those of the same
-    arithmetic in torch to the bit), at a fraction of a torch call's cost per operation.
+    rows at α = 0 and α = 1 return log b and log a as given.
     """
     step = max(1, SOLVE_BYTES // (8 * log_a.shape[-1]))
     if log_a.shape[0] > step:  # rows are independent: solve a few at a time
@@ -311,117 +296,112 @@ def _solve_alpha(
         return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x
 
     rows = active.nonzero().squeeze(-1)
-    dev = log_a.device
     a = log_a[rows].double().exp()
     b = log_b[rows].double().exp()
     # Renormalise in float64 so Σ(a − b) = 0 to double precision (the O(α) terms cancel).
     a = a / a.sum(-1, keepdim=True)
     b = b / b.sum(-1, keepdim=True)
-    w = torch.stack([b, a - b], 1)  # (R, 2, V)
+    w = torch.stack([b, a - b], -1)  # (R, V, 2)
     d = (a - b) / b.clamp(min=1e-300)
+    kr = kk[rows]
 
-    def on_device(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(x).to(dev)
-
-    def f_df(al: np.ndarray, d: Tensor, w: Tensor) -> tuple[np.ndarray, np.ndarray, Tensor]:
-        L = torch.log1p(on_device(al).unsqueeze(-1) * d)  # (R, V); 1 + αd > 0 since d ≥ −1
-        s = torch.bmm(w, L.unsqueeze(-1)).squeeze(-1).cpu().numpy()  # (R, 2)
+    def f_df(al: Tensor, d: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        L = torch.log1p(al.unsqueeze(-1) * d)  # (R, V); 1 + αd > 0 since d ≥ −1
+        s = torch.bmm(L.unsqueeze(1), w).squeeze(1)  # (R, 2)
         return s[:, 0] + al * s[:, 1], s[:, 1], L
 
-    # The per-row scalars (iterate, bracket, target) live on the host in numpy; only the
-    # evaluations over (rows, V) run in torch.
-    kr, f1r = kk[rows].cpu().numpy(), f1[rows].cpu().numpy()
     tiny = 1e-300
-    with np.errstate(all="ignore"):
-        log_k_all = _log(kr)
-        # Start where f would reach k if it grew as α² all the way to f(1) = KL(a‖b): close
-        # when the root is near 1 (the common case in a rollout), a few Newton steps
-        # otherwise.
-        t_all = np.minimum(0.5 * (log_k_all - _log(f1r)), 0.0)
-        if alpha0 is not None:
-            guess = alpha0[rows].double().cpu().numpy()
-            inside = (guess > 0) & (guess < 1)
-            t_all = np.where(inside, _log(np.where(inside, guess, 1.0)), t_all)
-        # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
-        lo_all = np.full_like(t_all, math.log(tiny))
-        # The iteration aims half a tolerance below log k and a row is done only at an
-        # f ≤ k within tol of it: the α it keeps never overspends, and the log(x/b) and f
-        # of its last evaluation are kept, so settled rows need no further pass.
-        aim_all = log_k_all - 0.5 * tol
-        L_all = torch.empty_like(d)
-        f_all = np.zeros_like(kr)
-        settled = np.zeros(kr.shape, dtype=bool)
-        # KL(a‖b) in the input precision just above k can be within k in float64, and then
-        # α = 1, which the iteration (aiming under k) would only approach by bisection:
-        # such rows are tried at α = 1 first.
-        edge = np.flatnonzero(f1r <= kr * (1 + 1e-3))
-        if edge.size:
-            e = on_device(edge)
-            f, _, L = f_df(np.ones(edge.size), d[e], w[e])
-            fits = f <= kr[edge]
-            if fits.any():
-                one = edge[fits]
-                t_all[one], settled[one], f_all[one] = 0.0, True, f[fits]
-                L_all[on_device(one)] = L[on_device(fits)]
-        # A converged row stays where it is (stepped again, it can land on its own bracket
-        # end and be sent back to bisection), and once a quarter of the rows have converged
-        # the rest are copied out, so that iterations cost only the rows still moving.
-        todo = np.flatnonzero(~settled)
-        t, lo, aim, k_todo = t_all[todo], lo_all[todo], aim_all[todo], kr[todo]
-        d_todo, w_todo = d, w
-        if todo.size < kr.size:
-            d_todo, w_todo = d[on_device(todo)], w[on_device(todo)]
-        hi = np.zeros_like(t)
-        for _ in range(iters if todo.size else 0):
-            al = _exp(t)
-            f, df, L = f_df(al, d_todo, w_todo)
-            below = f <= k_todo
-            lo = np.where(below, np.maximum(lo, t), lo)
-            hi = np.where(below, hi, np.minimum(hi, t))
-            # Newton on h(t) = log f(e^t) − aim, with h'(t) = α f'(α) / f(α).
-            h = _log(np.maximum(f, tiny)) - aim
-            # A row settles once and then stays as it settled, evaluated again or not.
-            was = settled[todo]
-            new = (np.abs(h) < 0.5 * tol) & below & ~was
-            done = new | was
-            t_all[todo], lo_all[todo] = t, lo
-            if new.any():
-                idx = todo[new]
-                L_all[on_device(idx)], f_all[idx], settled[idx] = L[on_device(new)], f[new], True
-            if done.all():
+    log_k_all = torch.log(kr)
+    # Start where f would reach k if it grew as α² all the way to f(1) = KL(a‖b): close
+    # when the root is near 1 (the common case in a rollout), a few Newton steps otherwise.
+    t_all = (0.5 * (log_k_all - torch.log(f1[rows]))).clamp(max=0.0)
+    if alpha0 is not None:
+        guess = alpha0[rows].double()
+        t_all = torch.where((guess > 0) & (guess < 1), guess.log(), t_all)
+    # Bracket in t = log α: f(e^lo) ≤ k < f(e^hi).
+    lo_all = torch.full_like(t_all, math.log(tiny))
+    # The iteration aims half a tolerance below log k and a row is done only at an f ≤ k
+    # within tol of it: the α it keeps never overspends, and the log(x/b) and f of its last
+    # evaluation are kept, so settled rows need no further pass.
+    aim_all = log_k_all - 0.5 * tol
+    L_all = torch.empty_like(d)
+    f_all = torch.zeros_like(kr)
+    settled = torch.zeros_like(kr, dtype=torch.bool)
+    # KL(a‖b) in the input precision just above k can be within k in float64, and then
+    # α = 1, which the iteration (aiming under k) would only approach by bisection: such
+    # rows are tried at α = 1 first.
+    edge = (f1[rows] <= kr * (1 + 1e-3)).nonzero().squeeze(-1)
+    if edge.numel():
+        f, _, L = f_df(torch.ones_like(kr[edge]), d[edge], w[edge])
+        fits = f <= kr[edge]
+        one = edge[fits]
+        t_all[one], settled[one] = 0.0, True
+        L_all[one], f_all[one] = L[fits], f[fits]
+    # A converged row stays where it is (stepped again, it can land on its own bracket end
+    # and be sent back to bisection), and once a quarter of the rows have converged the
+    # rest are copied out, so that iterations cost only the rows still moving.
+    todo = torch.arange(t_all.shape[0])
+    t, lo, aim, k_todo, d_todo, w_todo = t_all.clone(), lo_all.clone(), aim_all, kr, d, w
+    if bool(settled.any()):
+        keep = ~settled
+        todo, t, lo, aim, k_todo = todo[keep], t[keep], lo[keep], aim[keep], k_todo[keep]
+        d_todo, w_todo = d_todo[keep], w_todo[keep]
+    hi = torch.zeros_like(t)
+    for _ in range(iters):
+        al = t.exp()
+        f, df, L = f_df(al, d_todo, w_todo)
+        below = f <= k_todo
+        lo = torch.where(below, torch.maximum(lo, t), lo)
+        hi = torch.where(below, hi, torch.minimum(hi, t))
+        # Newton on h(t) = log f(e^t) − aim, with h'(t) = α f'(α) / f(α).
+        h = torch.log(f.clamp(min=tiny)) - aim
+        # A row settles once and then stays as it settled, evaluated again or not.
+        was = settled[todo]
+        new = (h.abs() < 0.5 * tol) & below & ~was
+        done = new | was
+        t_all[todo], lo_all[todo] = t, lo
+        if bool(new.any()):
+            idx = todo[new]
+            L_all[idx], f_all[idx], settled[idx] = L[new], f[new], True
+        if bool(done.all()):
+            break
+        slope = al * df / f.clamp(min=tiny)
+        t_new = t - h / slope.clamp(min=tiny)
+        bad = ~torch.isfinite(t_new) | (t_new <= lo) | (t_new >= hi) | ~(f > 0)
+        t = torch.where(done, t, torch.where(bad, 0.5 * (lo + hi), t_new))
+        keep = ~done
+        if int(keep.sum()) <= 0.75 * keep.numel():  # copy the rows only when it pays
+            todo, t, lo, hi, aim, k_todo = (
+                todo[keep],
+                t[keep],
+                lo[keep],
+                hi[keep],
+                aim[keep],
+                k_todo[keep],
+            )
+            d_todo, w_todo = d_todo[keep], w_todo[keep]
+    else:
+        t_all[todo], lo_all[todo] = t, lo
+    al = t_all.exp()
+    left = (~settled).nonzero().squeeze(-1)
+    if left.numel():  # rows the iteration cap stopped: evaluate, and back off until f ≤ k
+        al_l, k_l, d_l, w_l = al[left], kr[left], d[left], w[left]
+        f, _, L = f_df(al_l, d_l, w_l)
+        # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never overspends.
+        # A few rounds absorb rounding in f; the bracket's lower end is the last resort.
+        for attempt in range(5):
+            over = f > k_l
+            if not bool(over.any()):
                 break
-            slope = al * df / np.maximum(f, tiny)
-            t_new = t - h / np.maximum(slope, tiny)
-            bad = ~np.isfinite(t_new) | (t_new <= lo) | (t_new >= hi) | ~(f > 0)
-            t = np.where(done, t, np.where(bad, 0.5 * (lo + hi), t_new))
-            keep = ~done
-            if keep.sum() <= 0.75 * keep.size:  # copy the rows only when it pays
-                todo, t, lo, hi, aim, k_todo = (x[keep] for x in (todo, t, lo, hi, aim, k_todo))
-                d_todo, w_todo = d_todo[on_device(keep)], w_todo[on_device(keep)]
-        else:
-            t_all[todo], lo_all[todo] = t, lo
-        al = _exp(t_all)
-        left = np.flatnonzero(~settled)
-        if left.size:  # rows the iteration cap stopped: evaluate, and back off until f ≤ k
-            lt = on_device(left)
-            al_l, k_l, d_l, w_l = al[left], kr[left], d[lt], w[lt]
+            scaled = al_l * (k_l / f) * (1 - 1e-10)
+            al_l = torch.where(over, scaled if attempt < 4 else lo_all[left].exp(), al_l)
             f, _, L = f_df(al_l, d_l, w_l)
-            # f is convex with f(0) = 0, so f(cα) ≤ c·f(α): scaling α by k/f never
-            # overspends. A few rounds absorb rounding in f; the bracket's lower end is the
-            # last resort.
-            for attempt in range(5):
-                over = f > k_l
-                if not over.any():
-                    break
-                scaled = al_l * (k_l / f) * (1 - 1e-10)
-                al_l = np.where(over, scaled if attempt < 4 else _exp(lo_all[left]), al_l)
-                f, _, L = f_df(al_l, d_l, w_l)
-            al[left], f_all[left], L_all[lt] = al_l, f, L
-    alpha[rows] = on_device(al)
-    kl[rows] = on_device(np.maximum(f_all, 0.0))
+        al[left], f_all[left], L_all[left] = al_l, f, L
+    alpha[rows] = al
+    kl[rows] = f_all.clamp(min=0.0)
     # log x = log b + log(x/b) at the final α, x on b's scale as given (b = 0 gives d = 0:
     # x = 0 there too), rounded once.
     log_x[rows] = (log_b[rows].double() + L_all).to(log_b.dtype)
-    whole = rows[on_device(al == 1)]  # α = 1 (the rows above that fit at 1): log a as given
+    whole = rows[al == 1]  # α = 1 (the rows above that fit at 1): log a as given
     log_x[whole] = log_a[whole]
     return alpha.to(log_a.dtype), kl.to(log_a.dtype), log_x
