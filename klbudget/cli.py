@@ -505,6 +505,11 @@ def _run(fn, quiet: bool = False) -> int:
         if not quiet:
             print(f"klbudget: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as err:  # a path that is a file, unwritable, read-only, a full disk, ...
+        if not quiet:
+            where = f": {err.filename}" if err.filename else ""
+            print(f"klbudget: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("klbudget: interrupted", file=sys.stderr)
         return 130

@@ -173,6 +173,8 @@ def load_checkpoint(
         raise RunFolderError(f"checkpoint {path} is missing") from err
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as err:
         raise RunFolderError(f"checkpoint {path} is corrupt: {err}") from err
+    if (problem := _meta_problem(meta)) is not None:
+        raise RunFolderError(f"checkpoint {path.with_suffix('.json')} is corrupt: {problem}")
     try:
         for name, mod in modules.items():
             pre = name + "."
@@ -187,6 +189,31 @@ def load_checkpoint(
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunFolderError(f"checkpoint {path} does not match this run: {msg}") from err
     return meta
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a checkpoint's JSON (as `save_checkpoint` writes it), or None."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    counters, sizes = meta.get("counters"), meta.get("log_sizes")
+    if not isinstance(counters, dict):
+        return "no counters"
+    for key in ("update", "agent_steps", "episodes"):
+        v = counters.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return f"counters.{key} is {v!r}, not a count"
+    for key in ("wall_s", "penalty_coef"):
+        v = counters.get(key, 0.0)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            return f"counters.{key} is {v!r}, not a finite number"
+    if not isinstance(sizes, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in sizes.items()
+    ):
+        return "log_sizes is not a map of file names to byte counts"
+    if any(Path(k).name != k or k in ("", ".", "..") for k in sizes):
+        return "log_sizes names a file outside the run folder"  # never truncated
+    return None
 
 
 def truncate_logs(run_dir: Path, sizes: dict[str, int]) -> None:

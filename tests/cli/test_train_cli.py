@@ -119,6 +119,60 @@ def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tiny_
             assert p.read_bytes() == data, f"{p} changed"
 
 
+def test_an_out_path_that_cannot_be_a_folder_is_one_line_exit_2(tiny_model, tmp_path):
+    cfg = write_config(tmp_path, tiny_model)
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    for out in (afile, afile / "run"):
+        r = run_cli("train", "--config", str(cfg), "--out", str(out))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == f"klbudget: error: Not a directory: {out}", r.stderr
+    assert afile.read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    "meta,needle",
+    [
+        ({"step": "x"}, "no counters"),
+        (
+            {
+                "counters": {"update": -1, "agent_steps": 0, "episodes": 0, "wall_s": 0.0},
+                "log_sizes": {},
+            },
+            "counters.update is -1",
+        ),  # fmt: skip
+        (
+            {
+                "counters": {"update": 1, "agent_steps": 0, "episodes": 0, "wall_s": "soon"},
+                "log_sizes": {},
+            },
+            "counters.wall_s is 'soon'",
+        ),  # fmt: skip
+        (None, "log_sizes names a file outside the run folder"),  # set below: ../victim
+    ],
+)
+def test_a_corrupt_checkpoint_record_is_refused_and_nothing_is_cut(
+    tiny_model, tmp_path, meta, needle
+):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, tiny_model)
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    victim = tmp_path / "victim"
+    victim.write_text("a file beside the run folder")
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    record = out / "checkpoints" / f"{latest}.json"
+    if meta is None:  # a valid record whose log names point outside the run folder
+        meta = json.loads(record.read_text())
+        meta["log_sizes"] = {"../victim": 0}
+    record.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli("train", "--out", str(out), "--resume", "--set", "train.total_agent_steps=600")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert victim.read_text() == "a file beside the run folder"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_resume_after_sigkill(tiny_model, tmp_path):
     out = tmp_path / "run"
     cfg = write_config(tmp_path, tiny_model, **{})
