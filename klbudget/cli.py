@@ -490,10 +490,11 @@ def _run(fn, quiet: bool = False) -> int:
     from klbudget.evaluation.records import RecordError
     from klbudget.report.html import ReportError
     from klbudget.runs.folder import RunFolderError
+    from klbudget.world.corpus import WorldError
 
     bad_input = (
         UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError, ReportError,
-        RecordError,
+        RecordError, WorldError,
     )  # fmt: skip
     try:
         return fn()

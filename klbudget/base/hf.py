@@ -73,6 +73,7 @@ def use_prefix_attention(model) -> bool:
 
 def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) from a local folder; never reaches the network."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -84,7 +85,7 @@ def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load the model in {path}: {first}") from err
     model.eval()

@@ -193,11 +193,28 @@ def build_world(cfg: WorldConfig, out_dir: str | Path) -> Path:
     return out
 
 
+class WorldError(ValueError):
+    """A world folder that cannot be read (missing, corrupt or of another version)."""
+
+
 def load_world(world_dir: str | Path) -> World:
-    """The World of a folder written by :func:`build_world` (no dataset access needed)."""
-    manifest = json.loads((Path(world_dir) / "world.json").read_text())
+    """The World of a folder written by :func:`build_world` (no dataset access needed);
+    :class:`WorldError` with one line when the folder is not one."""
+    path = Path(world_dir) / "world.json"
+    try:
+        return _world_from_manifest(json.loads(path.read_text()))
+    except WorldError as err:
+        raise WorldError(f"{path}: {err}") from err
+    except FileNotFoundError as err:
+        raise WorldError(f"{world_dir} is not a world folder (no world.json)") from err
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WorldError(f"{path} is not a valid world manifest: {first}") from err
+
+
+def _world_from_manifest(manifest: dict) -> World:
     if manifest["world_version"] != WORLD_VERSION:
-        raise ValueError(
+        raise WorldError(
             f"world folder has version {manifest['world_version']}, not {WORLD_VERSION}"
         )
     pools = Pools(
