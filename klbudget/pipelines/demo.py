@@ -74,6 +74,10 @@ def parse_agents(spec: str) -> tuple[Agent, ...]:
             steps = int(parts[2]) if len(parts) == 3 else None
         except ValueError as err:
             raise ConfigError(f"{item!r}: BUDGET is a number and STEPS an integer") from err
+        if not math.isfinite(budget) or budget < 0:
+            raise ConfigError(f"{item!r}: BUDGET must be a finite number >= 0")
+        if steps is not None and steps < 1:
+            raise ConfigError(f"{item!r}: STEPS must be at least 1")
         agents.append((parts[0], budget, steps))
     return tuple(agents)
 

@@ -210,6 +210,9 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
         (["--agents", "single:10:many"], "STEPS an integer"),
         (["--agents", "single:10", "--budgets", "5"], "not both"),
         (["--agents", "single:inf"], "finite"),
+        (["--agents", "single:-5"], "BUDGET must be a finite number >= 0"),
+        (["--agents", "single:10:0"], "STEPS must be at least 1"),
+        (["--agents", "single:10:-5"], "STEPS must be at least 1"),
     ],
 )
 def test_demo_agents_bad_input(tmp_path, args, needle):
