@@ -188,6 +188,11 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--lengths must be comma-separated integers, got {args.lengths!r}"
         ) from err
+    # Checked before any episode is written, so that earlier results stay as they are.
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    if lengths is not None and min(lengths) < 1:
+        raise UsageError(f"--lengths must be positive, got {args.lengths!r}")
     world = Path(args.world) if args.world else None
     evaluate_run(Path(args.run), episodes=args.episodes, lengths=lengths, world=world)
     print(f"metrics: {Path(args.run) / 'eval' / 'metrics.json'}")
@@ -298,6 +303,9 @@ def _base_fixed(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from klbudget.report.html import build_report
 
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        # A report never replaces another kind of file (a run's config.toml, say).
+        raise UsageError(f"--out {args.out!r}: the report is an .html file")
     out = build_report([Path(r) for r in args.runs], Path(args.out))
     print(f"report: {out}")
     return 0
@@ -477,7 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run(lambda: int(args.func(args)))
+
+    def command() -> int:
+        if getattr(args, "out", None) is not None and not str(args.out).strip():
+            raise UsageError("--out is empty: name a file or folder")  # not the working folder
+        return int(args.func(args))
+
+    return _run(command)
 
 
 def _run(fn, quiet: bool = False) -> int:

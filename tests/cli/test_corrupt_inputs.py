@@ -45,3 +45,23 @@ def test_truncated_model_weights_are_a_model_load_error(tiny_model, tmp_path) ->
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match=f"cannot load the model in {broken}"):
         load_local(broken)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["eval", "{run}", "--episodes", "0"], "--episodes must be at least 1"),
+        (["eval", "{run}", "--episodes", "2", "--lengths", "64,-64"], "--lengths must be positive"),
+        (["report", "{run}", "--out", "{run}/config.toml"], "the report is an .html file"),
+        (["theory", "--out", ""], "--out is empty"),
+    ],
+)
+def test_refused_before_anything_is_written(tmp_path, capsys, argv, needle) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("kept")
+    rc = main([a.replace("{run}", str(run)) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
+    assert (run / "config.toml").read_text() == "kept"
