@@ -241,9 +241,10 @@ def _base_prior(args: argparse.Namespace) -> int:
     from klbudget.config import apply_overrides, preset
     from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs
 
-    world = _world_folder(args.world)
+    world = _world_folder(args.world) if args.world else None
+    first_tau = args.first_tau or ("0,3" if world else "0")
     try:
-        firsts = [int(x) for x in args.first_tau.split(",") if x.strip()]
+        firsts = [int(x) for x in first_tau.split(",") if x.strip()]
     except ValueError as err:
         msg = f"--first-tau must be comma-separated integers, got {args.first_tau!r}"
         raise UsageError(msg) from err
@@ -251,7 +252,9 @@ def _base_prior(args: argparse.Namespace) -> int:
         raise UsageError("--episodes and --turns must be >= 1, --first-tau >= 0")
     if args.speakers < 0:
         raise UsageError("--speakers must be >= 0")
-    cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    if world is None and any(firsts):
+        raise UsageError("--first-tau above 0 needs --world (τ writes those turns)")
+    cfg = apply_overrides(preset(args.preset), [f"model.path={args.model}", *args.set]).validate()
     if args.names:
         cfg = _with_names(cfg, args.names)
     if args.speakers:
@@ -287,7 +290,7 @@ def _base_fixed(args: argparse.Namespace) -> int:
         raise UsageError("--episodes must be >= 1")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
-    cfg = apply_overrides(preset("demo"), [f"model.path={args.model}", *args.set]).validate()
+    cfg = apply_overrides(preset(args.preset), [f"model.path={args.model}", *args.set]).validate()
     if args.names:
         cfg = _with_names(cfg, args.names)
     results = [
@@ -434,11 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
         "prior", help="cost of the n-th empty teacher turn under a base model (no training)"
     )
     bp.add_argument("--model", required=True, help="base model folder")
-    bp.add_argument("--world", required=True, help="world folder (τ writes the first turns)")
+    bp.add_argument(
+        "--world", default="", help="world folder (needed where τ writes the first turns)"
+    )
+    bp.add_argument("--preset", default="demo", help="the chat and environment (default: demo)")
     bp.add_argument("--episodes", type=int, default=16, help="conversations (different seeds)")
     bp.add_argument("--turns", type=int, default=6, help="empty turns in a row")
     bp.add_argument(
-        "--first-tau", default="0,3", help="comma-separated: teacher turns τ writes first"
+        "--first-tau", default="", help="comma-separated: teacher turns τ writes first "
+        "(default: 0,3 with --world, else 0)"
     )
     bp.add_argument(
         "--speakers", type=int, default=0, metavar="K",
@@ -454,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also print what the student's tag after each empty turn would cost, had the "
         "teacher to write it (the environment writes it)",
     )  # fmt: skip
-    _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
+    _add_set(bp, "--set", "SECTION.KEY=VALUE", "override a field of the config (the preset's)")
     bp.set_defaults(func=_base_prior)
     bf = bsub.add_parser(
         "fixed", help="return and KL of a teacher that writes the same turn every time"
@@ -462,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("texts", nargs="*", metavar="TEXT", help="teacher turns ('' or none: silent)")
     bf.add_argument("--model", required=True, help="base model folder")
     bf.add_argument("--world", default="", help="world folder: sort the replies by pool")
+    bf.add_argument("--preset", default="demo", help="the chat and environment (default: demo)")
     bf.add_argument("--episodes", type=int, default=64, help="conversations")
     bf.add_argument("--seed", type=int, default=1, help="seed of the first conversation")
     bf.add_argument(
@@ -473,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--names", default="", metavar="TEACHER,STUDENT",
         help="speak between these two names, not the preset's (Teacher,Student: τ's own tags)",
     )  # fmt: skip
-    _add_set(bf, "--set", "SECTION.KEY=VALUE", "override a field of the config (demo preset)")
+    _add_set(bf, "--set", "SECTION.KEY=VALUE", "override a field of the config (the preset's)")
     bf.set_defaults(func=_base_fixed)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from klbudget.envs.format import DEFAULT_PROMPT
+from klbudget.envs.format import DEFAULT_PROMPT, prompt_problem
 
 
 class ConfigError(ValueError):
@@ -149,11 +149,13 @@ class Config:
             if problem:
                 value = getattr(getattr(self, section), name)
                 raise ConfigError(f"{key} = {_show(value)}: {problem}")
+        e = self.env
         relations = [
             (
-                self.env.prompt.endswith(self.env.teacher_tag),
-                "env.prompt must end with env.teacher_tag",
-            ),
+                not (problem := prompt_problem(e.prompt, e.teacher_tag, e.student_tag,
+                                               e.separator)),
+                f"env.prompt: {problem}",
+            ),  # fmt: skip
             (
                 self.env.teacher_tag != self.env.student_tag,
                 "env.teacher_tag and env.student_tag must differ",

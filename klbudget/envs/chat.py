@@ -85,6 +85,7 @@ class Conversation:
     forced: list[int] = field(default_factory=list)  # tokens the env must write next
     turn_start: int = 0  # index of the current turn's first token
     helping: bool = False  # the forced tokens are the demonstrator's (a help step)
+    opening: str = ""  # the prompt's words of this (first) teacher turn: ChatFormat.opening
 
 
 class ChatEnv:
@@ -153,7 +154,7 @@ class ChatEnv:
         self.ids[:, :t0] = torch.tensor(self.prompt_ids)
         self.speaker[:, :t0] = PROMPT
         self.t = t0
-        self.convs = [Conversation(turn_start=t0) for _ in range(n)]
+        self.convs = [Conversation(turn_start=t0, opening=self.chat.opening) for _ in range(n)]
         self.replies: list[list[tuple[int, str]]] = [[] for _ in range(n)]
         self.teacher_turns: list[list[str]] = [[] for _ in range(n)]  # completed, content
         self._last = self.base.reset(self.ids[:, :t0].to(self.device), capacity=self.length)
@@ -194,7 +195,7 @@ class ChatEnv:
             conv.turn_text = (conv.turn_text + self.text[tok])[-self._tail :]
             if conv.speaker == AGENT:
                 if conv.turn_text.endswith(self.chat.to_student):
-                    turn = self.text.decode(conv.turn_ids)
+                    turn = conv.opening + self.text.decode(conv.turn_ids)
                     self.teacher_turns[i].append(self.chat.teacher_content(turn))
                     self._switch(conv, ENV)
                 elif not conv.forced and conv.turn_text.endswith(self.chat.separator):
@@ -274,6 +275,7 @@ class ChatEnv:
         conv.speaker = speaker
         conv.turn_text = ""
         conv.turn_ids = []
+        conv.opening = ""
         conv.turn_start = self.t + 1
 
     def _sample_student(self, env_logits: Tensor) -> Tensor:

@@ -25,6 +25,19 @@ DEFAULT_PROMPT = (
 )
 
 
+def prompt_problem(prompt: str, teacher_tag: str, student_tag: str, separator: str) -> str:
+    """'' when ``prompt`` ends inside a teacher turn (its last tag is the teacher's and no
+    hand-over follows it), else what is wrong."""
+    i = prompt.rfind(teacher_tag)
+    if i < 0:
+        return f"the prompt must contain the teacher tag {teacher_tag!r}"
+    tail = prompt[i + len(teacher_tag) :]
+    if student_tag in tail or (separator and separator in tail):
+        return (f"the prompt must end inside a teacher turn: with the teacher tag "
+                f"{teacher_tag!r} or with words after it, not after a separator or another tag")  # fmt: skip
+    return ""
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """Tags and separator of the chat. Defaults follow the paper's teacher/student set-up."""
@@ -32,11 +45,21 @@ class ChatFormat:
     teacher_tag: str = "Teacher:"  # the agent writes after this tag
     student_tag: str = "Student:"  # the environment writes after this tag
     separator: str = "\n\n"  # between turns
-    prompt: str = DEFAULT_PROMPT  # must end with the teacher tag
+    # ends inside a teacher turn: with the teacher tag, or with the first words of the turn
+    # after it (the paper's prompt ends "Teacher: Do you")
+    prompt: str = DEFAULT_PROMPT
 
     def __post_init__(self) -> None:
-        if not self.prompt.endswith(self.teacher_tag):
-            raise ValueError(f"the prompt must end with the teacher tag {self.teacher_tag!r}")
+        problem = prompt_problem(self.prompt, self.teacher_tag, self.student_tag, self.separator)
+        if problem:
+            raise ValueError(problem)
+
+    @property
+    def opening(self) -> str:
+        """The prompt's words of the first teacher turn, after its last teacher tag ('' when
+        the prompt ends with the tag): part of that turn's content, so a first turn that
+        continues "Do you" is not empty however soon it hands over."""
+        return self.prompt[self.prompt.rfind(self.teacher_tag) + len(self.teacher_tag) :]
 
     @property
     def to_student(self) -> str:
@@ -61,8 +84,11 @@ class ChatFormat:
     def render(self, turns: list[tuple[str, str]]) -> str:
         """Render `[(speaker, content), ...]` (speaker 'teacher'|'student') after the prompt.
 
-        The result always ends with the tag of the speaker who talks next.
+        The result always ends with the tag of the speaker who talks next. Only for a prompt
+        that ends with the teacher tag (no :attr:`opening`).
         """
+        if self.opening:
+            raise ValueError("render needs a prompt that ends with the teacher tag")
         out = [self.prompt]
         for speaker, content in turns:
             body = f" {content}" if content else ""
@@ -78,7 +104,7 @@ class ChatFormat:
         """
         if not text.startswith(self.prompt):
             raise ValueError("transcript does not start with the prompt")
-        rest = text[len(self.prompt) :]
+        rest = self.opening + text[len(self.prompt) :]
         turns: list[tuple[str, str]] = []
         speaker = "teacher"
         while True:

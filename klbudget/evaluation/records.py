@@ -361,7 +361,7 @@ def split_turns(episode: Episode, fmt: ChatFormat | None = None) -> list[Turn]:
     maximal run of env tokens a student turn; prompt tokens belong to no turn.
 
     A teacher turn is *completed* once its text contains the hand-over to the student, and
-    *empty* when it is completed and :meth:`ChatFormat.is_empty_teacher_turn` holds for its
+    *empty* when it is completed (the first one counting the prompt's :attr:`ChatFormat.opening`) and :meth:`ChatFormat.is_empty_teacher_turn` holds for its
     text up to that hand-over (SYSTEM.md §2, "Empty response": by content, not token count).
     """
     fmt = fmt or ChatFormat()
@@ -380,6 +380,8 @@ def split_turns(episode: Episode, fmt: ChatFormat | None = None) -> list[Turn]:
                 completed = cut >= 0
                 # Anything after the hand-over inside the same run is not teacher content.
                 head = text[: cut + len(fmt.to_student)] if completed else text
+                if i > 0 and tokens[i - 1].speaker == "prompt":
+                    head = fmt.opening + head  # the first turn began in the prompt
                 empty = completed and fmt.is_empty_teacher_turn(head)
                 turns.append(Turn("teacher", i, j, text, completed, empty))
             else:
