@@ -33,8 +33,10 @@ def prompt_problem(prompt: str, teacher_tag: str, student_tag: str, separator: s
         return f"the prompt must contain the teacher tag {teacher_tag!r}"
     tail = prompt[i + len(teacher_tag) :]
     if student_tag in tail or (separator and separator in tail):
-        return (f"the prompt must end inside a teacher turn: with the teacher tag "
-                f"{teacher_tag!r} or with words after it, not after a separator or another tag")  # fmt: skip
+        return (
+            f"the prompt must end inside a teacher turn: with the teacher tag {teacher_tag!r} "
+            "or with words after it, not after a separator or another tag"
+        )
     return ""
 
 

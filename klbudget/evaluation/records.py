@@ -361,8 +361,9 @@ def split_turns(episode: Episode, fmt: ChatFormat | None = None) -> list[Turn]:
     maximal run of env tokens a student turn; prompt tokens belong to no turn.
 
     A teacher turn is *completed* once its text contains the hand-over to the student, and
-    *empty* when it is completed (the first one counting the prompt's :attr:`ChatFormat.opening`) and :meth:`ChatFormat.is_empty_teacher_turn` holds for its
-    text up to that hand-over (SYSTEM.md §2, "Empty response": by content, not token count).
+    *empty* when it is completed and :meth:`ChatFormat.is_empty_teacher_turn` holds for its
+    text up to that hand-over, the first turn's with the prompt's :attr:`ChatFormat.opening`
+    (SYSTEM.md §2, "Empty response": by content, not token count).
     """
     fmt = fmt or ChatFormat()
     turns: list[Turn] = []
