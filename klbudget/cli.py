@@ -444,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--episodes", type=int, default=16, help="conversations (different seeds)")
     bp.add_argument("--turns", type=int, default=6, help="empty turns in a row")
     bp.add_argument(
-        "--first-tau", default="", help="comma-separated: teacher turns τ writes first "
-        "(default: 0,3 with --world, else 0)"
+        "--first-tau",
+        default="",
+        help="comma-separated: teacher turns τ writes first (default: 0,3 with --world, else 0)",
     )
     bp.add_argument(
         "--speakers", type=int, default=0, metavar="K",

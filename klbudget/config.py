@@ -152,8 +152,9 @@ class Config:
         e = self.env
         relations = [
             (
-                not (problem := prompt_problem(e.prompt, e.teacher_tag, e.student_tag,
-                                               e.separator)),
+                not (
+                    problem := prompt_problem(e.prompt, e.teacher_tag, e.student_tag, e.separator)
+                ),
                 f"env.prompt: {problem}",
             ),  # fmt: skip
             (
