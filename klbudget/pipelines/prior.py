@@ -279,6 +279,7 @@ class FixedTeacher:
     costs: np.ndarray  # (episodes, turns) −log base of the n-th teacher turn (NaN: not reached)
     pools: dict[str, float] | None  # share of the student's replies from each world pool
     per_reply: float  # mean reward of the replies to the fixed turn (after any `before` turns)
+    example: str = ""  # conversation 0's transcript after the prompt, as the model met it
 
     @property
     def kl(self) -> np.ndarray:
@@ -346,7 +347,8 @@ def fixed_teacher(
     answers = [t for r in env.replies for _, t in r[len(first) :]]  # the fixed turns' replies
     paid = [reply_reward(s) for s in env.sentiment(answers)] if answers else [0.0]
     pools = None if world is None else _reply_pools(answers, world)
-    return FixedTeacher(text, forced.returns, replies, table, pools, float(np.mean(paid)))
+    example = env.text.decode(env.ids[0, len(env.prompt_ids) : env.t].tolist())
+    return FixedTeacher(text, forced.returns, replies, table, pools, float(np.mean(paid)), example)
 
 
 def _reply_pools(replies: list[str], world: Path) -> dict[str, float]:
