@@ -335,6 +335,36 @@ def _base_fixed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_context(args: argparse.Namespace) -> int:
+    from klbudget.base.hf import resolve_model
+    from klbudget.world.corpus import load_split
+    from klbudget.world.incontext import make_incontext_imitator
+
+    world = _world_folder(args.world)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out}: already exists; choose a new folder")
+    if not (resolve_model(args.model)[0] / "config.json").is_file():
+        raise UsageError(f"--model {args.model}: no model folder there (no config.json)")
+    n_train = len(load_split(world, "train"))
+    if not 0 <= args.shots <= n_train:
+        raise UsageError(f"--shots must be in [0, {n_train}], got {args.shots}")
+    if args.heldout < 1 or not 0 <= args.seed < 2**32:
+        raise UsageError("--heldout must be >= 1 and --seed in [0, 2**32)")
+    try:
+        meta = make_incontext_imitator(
+            Path(args.model), world, out, shots=args.shots, seed=args.seed, heldout=args.heldout
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    held = meta["heldout"]
+    print(f"{out}: {args.shots} demonstrations in context ({meta['context_tokens']} tokens); "
+          f"held-out teacher log-loss {held['imitator_teacher_logloss']:.3f} nats/token "
+          f"(τ entropy {held['tau_teacher_entropy']:.3f}, KL(τ‖imitator) "
+          f"{held['kl_tau_imitator_teacher']:.3f}), {meta['seconds']:.0f} s")  # fmt: skip
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from klbudget.report.html import build_report
 
@@ -525,6 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_set(bf, "--set", "SECTION.KEY=VALUE", "override a field of the config (the preset's)")
     bf.set_defaults(func=_base_fixed)
+
+    bc = bsub.add_parser(
+        "context", help="a pretrained LM made an imitator of τ in context (few-shot), no training"
+    )
+    bc.add_argument("--model", required=True, help="the LM's folder (e.g. models/smollm2)")
+    bc.add_argument("--world", required=True, help="world folder whose τ it imitates")
+    bc.add_argument("--shots", type=int, required=True, help="τ's demonstrations read first")
+    bc.add_argument("--seed", type=int, default=0, help="which demonstrations (seeded draw)")
+    bc.add_argument("--heldout", type=int, default=24, help="held-out transcripts scored")
+    bc.add_argument("--out", required=True, help="imitator folder to create (must be new)")
+    bc.set_defaults(func=_base_context)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)

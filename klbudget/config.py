@@ -34,6 +34,9 @@ class ModelConfig:
     temperature: float = 1.0  # temperature of the base policy β the agent is held to
     device: str = "cpu"  # torch device for the base model and the agent
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # how the frozen model runs: float32, bfloat16, or int8 (its blocks' linear layers, dynamic
+    # quantization); the KL is exact against the model as run (benchmarks/precision.py)
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,7 @@ RULES: dict[str, Rule] = {
     "model.temperature": _pos(1e3),
     "model.device": Rule(pattern=r"cpu|cuda(:\d+)?|mps"),
     "model.threads": _count(0, 1024),
+    "model.precision": Rule(choices=("float32", "bfloat16", "int8")),
     "base.kind": Rule(choices=("single", "bayes", "pessimistic")),
     "base.members": Rule(),
     "base.world": Rule(),

@@ -71,7 +71,7 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(m.device.split(":")[0], True):
         raise ConfigError(f"model.device = {m.device!r}: no such device on this machine")
-    first = HFBase(m.path, temperature=m.temperature, device=m.device)
+    first = HFBase(m.path, temperature=m.temperature, device=m.device, precision=m.precision)
     if b.kind == "single":
         return first, None
     from klbudget.base.ensemble import EnsembleBase, demo_log_prior
@@ -83,7 +83,7 @@ def build_base(cfg: Config) -> tuple[BasePolicy, Demonstrator | None]:
     for p in paths[1:]:
         members.append(
             TauBase(tm, max_length=first.max_length) if p == TAU_MEMBER
-            else HFBase(p, temperature=m.temperature, device=m.device)
+            else HFBase(p, temperature=m.temperature, device=m.device, precision=m.precision)
         )  # fmt: skip
     vocab = first.tokenizer.get_vocab()
     for p, member in zip(paths[1:], members[1:], strict=True):

@@ -71,13 +71,38 @@ def use_prefix_attention(model) -> bool:
     return True
 
 
+# A folder holding this file instead of weights is an *in-context imitator*: the model of
+# another folder reading a fixed context (demonstrations) before every transcript.
+CONTEXT_FILE = "context.json"  # {"model": LM folder, "context": text before each transcript}
+
+
+def resolve_model(model_dir: str | Path) -> tuple[Path, str]:
+    """(the LM's folder, the context it reads first) of a model folder ('' context) or of an
+    in-context imitator folder (:data:`CONTEXT_FILE`; a relative "model" is from the folder)."""
+    import json
+
+    path = Path(model_dir)
+    spec = path / CONTEXT_FILE
+    if not spec.is_file():
+        return path, ""
+    try:
+        obj = json.loads(spec.read_text())
+        model, context = Path(obj["model"]), obj["context"]
+        if not isinstance(context, str):
+            raise TypeError("context is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{spec} is not a context file: {err}") from err
+    return (model if model.is_absolute() else path / model), context
+
+
 def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from a local folder; never reaches the network."""
+    """Load (model, tokenizer) from a local folder; never reaches the network. (An in-context
+    imitator's folder gives its LM's: :func:`resolve_model`.)"""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = Path(model_dir)
+    path = resolve_model(model_dir)[0]
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"no model folder at {path} (expected {path / 'config.json'})")
     hf_logging.set_verbosity_error()
@@ -93,6 +118,28 @@ def load_local(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+# How the frozen model runs (model.precision): whatever it computes *is* the base policy, so
+# the budget stays exact against the model as run; only β itself moves (by rounding).
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def quantize_blocks(model) -> int:
+    """Dynamic int8 quantization (weights int8, activations quantized per batch) of the linear
+    layers inside the transformer blocks, in place. The output layer stays float32: the
+    actor's embed head and the exact log β from the last hidden state (`logp_head`) read its
+    weights, and its logits feed every KL. Returns the number of layers quantized."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    linear = sum(isinstance(m, torch.nn.Linear) for m in body.modules())
+    with warnings.catch_warnings():  # the API is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(body, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return linear
+
+
 class HFBase:
     """`BasePolicy` over a frozen Hugging Face causal LM (GPT-2, Llama, ...)."""
 
@@ -102,23 +149,40 @@ class HFBase:
         *,
         temperature: float = 1.0,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        precision: str = "float32",
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"base temperature must be > 0, got {temperature}")
         self.model_dir = Path(model_dir)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {'|'.join(PRECISIONS)}, got {precision!r}")
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.model, self.tokenizer = load_local(model_dir, dtype)
+        if precision == "int8" and not quantize_blocks(self.model):
+            raise ModelLoadError(f"{model_dir}: int8 needs torch.nn.Linear layers in the model's "
+                                 "blocks (GPT-2's are Conv1D)")  # fmt: skip
         use_prefix_attention(self.model)
         self.device = torch.device(device)
         self.model.to(self.device)
+        # The context every transcript is read after (an in-context imitator's demonstrations;
+        # none for a plain model folder), run once: its keys and values are copied into each
+        # row's cache at reset, so a long context costs one pass, not one per conversation.
+        context = resolve_model(model_dir)[1]
+        ids = self.tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        self.context_len = len(ids)
+        self._context_kv: list[tuple[Tensor, Tensor]] = []
+        if ids:
+            self._context_kv = self._run_context(torch.tensor([ids]))
+            self._context_ids = torch.tensor([ids])
         self.temperature = float(temperature)
         cfg = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.num_actions = self.vocab_size
         self.feature_dim = N_FEATURE_LAYERS * int(cfg.hidden_size)
-        self.max_length = int(
-            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
-        )
+        self.max_length = (
+            int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+            - self.context_len
+        )  # positions left for the transcript
         self._cache = None
         self._static = False
         self._pos = 0
@@ -155,28 +219,46 @@ class HFBase:
         return self._logp_from_last
 
     @torch.no_grad()
+    def _run_context(self, ids: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the (1, heads, P, d) keys and values of the context ``ids`` (1, P)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    @torch.no_grad()
     def reset(self, input_ids: Tensor, capacity: int | None = None) -> BaseStep:
         from transformers import DynamicCache, StaticCache
 
         # A preallocated cache is written in place at each step; a dynamic one would copy
         # every layer's whole cache at every token.
+        p = self.context_len
         if capacity is not None:
-            self._cache = StaticCache(config=self.model.config, max_cache_len=capacity)
+            self._cache = StaticCache(config=self.model.config, max_cache_len=p + capacity)
         else:
             self._cache = DynamicCache(config=self.model.config)
         self._static = capacity is not None
-        self._pos = int(input_ids.shape[1])
+        n = int(input_ids.shape[0])
+        if p:  # every row starts from the context's keys and values
+            k0, v0 = self._context_kv[0]
+            if self._static:
+                self._cache.early_initialization(n, k0.shape[1], k0.shape[3], k0.dtype, k0.device)
+            where = {"cache_position": torch.arange(p, device=self.device)}
+            for layer, (k, v) in enumerate(self._context_kv):
+                self._cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer, where)
+        self._pos = p + int(input_ids.shape[1])
         out = self.model(
             input_ids=input_ids.to(self.device),
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=True,
-            **self._positions(0, self._pos),
+            **self._positions(p, self._pos, always=p > 0),
         )
         return self._describe(out)
 
-    def _positions(self, start: int, end: int) -> dict:
-        if not self._static:
+    def _positions(self, start: int, end: int, always: bool = False) -> dict:
+        if not (self._static or always):
             return {}
         return {"cache_position": torch.arange(start, end, device=self.device)}
 
@@ -189,7 +271,7 @@ class HFBase:
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=True,
-            **self._positions(self._pos, self._pos + 1),
+            **self._positions(self._pos, self._pos + 1, always=self.context_len > 0),
         )
         self._pos += 1
         return self._describe(out)
@@ -197,6 +279,12 @@ class HFBase:
     @torch.no_grad()
     def score(self, input_ids: Tensor) -> Tensor:
         ids = input_ids.to(self.device)
+        p = self.context_len
+        if p:  # read after the context, which is then cut from the output
+            context = self._context_ids.to(self.device).expand(ids.shape[0], -1)
+            logits = self.model(input_ids=torch.cat([context, ids], 1)).logits[:, p:-1]
+            logp = torch.log_softmax(logits.float() / self.temperature, -1)
+            return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         logits = self.model(input_ids=ids).logits[:, :-1].float() / self.temperature
         logp = torch.log_softmax(logits, -1)
         return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
