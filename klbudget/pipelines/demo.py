@@ -54,6 +54,7 @@ from klbudget.world import (
     train_ensemble,
     train_imitator,
 )
+from klbudget.world.incontext import incontext_imitators
 
 BASE_KINDS = ("single", "bayes", "pessimistic")
 TAU = Path(TAU_MEMBER)  # τ itself as a member of the model class
@@ -96,11 +97,16 @@ def run_demo(
     help_fractions: tuple[float, ...] = (),
     jobs: int = 0,
     progress: bool = True,
+    incontext: InContext | None = None,
 ) -> list[dict]:
     """Run the whole demo into `out` (which must be new); returns the summary rows.
 
     `jobs` agents train at once, each in its own process (0: all of them when the machine
-    has at least 2 cores; see :func:`job_count`)."""
+    has at least 2 cores; see :func:`job_count`). With `incontext`, the imitators are the
+    pretrained LM `incontext.model` reading τ's demonstrations in context
+    (klbudget.world.incontext; seeds 0 … ensemble−1), in a world whose students are never
+    quiet unless `world_set` says otherwise, and the agents train with the
+    `incontext_smollm2` preset."""
     if out.exists() and any(out.iterdir()):
         raise RunFolderError(f"{out} already holds files; choose a new --out")
     if not agents:
@@ -124,22 +130,43 @@ def run_demo(
                           "kind and budget once")  # fmt: skip
     n_jobs = job_count(jobs, len(agents))
     t0 = time.perf_counter()
+    if incontext is not None:
+        if imitator_set or help_fractions:
+            raise ConfigError("an in-context imitator trains nothing: no imitator settings "
+                              "or help fractions")  # fmt: skip
+        if incontext.shots < 0:
+            raise ConfigError(f"shots must be >= 0, got {incontext.shots}")
+        world_set = ["quiet_students=0", *(world_set or [])]
     world_cfg = replace_fields(WorldConfig(), world_set or [], "world")
     imit_cfg = replace_fields(ImitatorConfig(), imitator_set or [], "imitator")
-    base_cfg = apply_overrides(preset("demo"), train_set or [])
+    base_cfg = apply_overrides(preset("demo" if incontext is None else "incontext_smollm2"),
+                               train_set or [])  # fmt: skip
     say = print if progress else (lambda *a, **k: None)
 
     say(f"[1/4] world {world_cfg.hash} -> {out / 'world'}", flush=True)
     world_dir = build_world(world_cfg, out / "world")
-    say(f"[2/4] imitator (cached under {cache})", flush=True)
-    model = train_imitator(world_dir, imit_cfg, cache, progress=progress)
+    if incontext is None:
+        say(f"[2/4] imitator (cached under {cache})", flush=True)
+        model = train_imitator(world_dir, imit_cfg, cache, progress=progress)
+    k = ensemble if set(bases) - {"single"} else 1
+    if incontext is not None:
+        say(f"[2/4] {k} in-context imitator(s): {incontext.model.name} reading "
+            f"{incontext.shots} of τ's demonstrations (cached under {cache})")  # fmt: skip
+        members = incontext_imitators(incontext.model, world_dir, shots=incontext.shots, k=k,
+                                      cache_root=cache)  # fmt: skip
+        model = members[0]
+        for folder in members:
+            say(f"      {folder.name}: {_heldout_line(read_report(folder))}")
     held = read_report(model).get("heldout", {})
-    members = [model]
+    if incontext is None:
+        members = [model]
     if set(bases) - {"single"}:
-        if ensemble > 1:
+        if ensemble > 1 and incontext is None:
             say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
             members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
         members += [TAU] if tau else []
+    else:
+        members = members[:1]
     prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases)
     # Costs are +inf where a member (τ) never writes an empty turn: "inf" in strict JSON.
     text = json.dumps(to_jsonable(prior), indent=1, allow_nan=False)
@@ -155,7 +182,7 @@ def run_demo(
         cfg = _with_base(cfg, kind, members, world_dir).validate()
         # L/2 and L: both inside the window β was trained on (imitator block_size), so the
         # length effect is not confounded by β leaving its training distribution.
-        if cfg.env.length > imit_cfg.block_size:
+        if incontext is None and cfg.env.length > imit_cfg.block_size:
             raise ConfigError(
                 f"episodes of {cfg.env.length} tokens exceed the imitator's window "
                 f"{imit_cfg.block_size}"
@@ -198,6 +225,21 @@ def run_demo(
         say(_study_table(study))
     say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class InContext:
+    """The demo's imitators made in context from a pretrained LM (klbudget.world.incontext)."""
+
+    model: Path  # the LM's folder
+    shots: int = 2  # τ's demonstrations each imitator reads first
+
+
+def _heldout_line(report: dict) -> str:
+    held = report.get("heldout", {})
+    return (f"held-out teacher log-loss {held.get('imitator_teacher_logloss', math.nan):.3f} "
+            f"nats/token, KL(τ‖imitator) {held.get('kl_tau_imitator_teacher', math.nan):.3f}, "
+            f"{report.get('context_tokens', 0)} context tokens")  # fmt: skip
 
 
 def _run_name(kind: str, budget: float) -> str:

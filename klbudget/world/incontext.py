@@ -109,3 +109,31 @@ def make_incontext_imitator(
     )
     (out / REPORT_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
+
+
+def incontext_imitators(
+    model_dir: Path, world_dir: Path, *, shots: int, k: int, cache_root: Path, heldout: int = 24
+) -> list[Path]:
+    """``k`` in-context imitators of the world's τ on one LM, reading the demonstrations of
+    seeds 0 … k−1 (the plausible set of ν_α without τ), made or fetched from
+    ``cache_root/incontext-<key>`` (the key: the LM's folder, the world, shots, seed)."""
+    import hashlib
+
+    if k < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {k}")
+    lm = resolve_model(model_dir)[0].resolve()
+    world_hash = load_world(world_dir).cfg.hash
+    folders = []
+    for seed in range(k):
+        blob = json.dumps([str(lm), world_hash, shots, seed, heldout]).encode()
+        folder = Path(cache_root) / f"incontext-{hashlib.sha256(blob).hexdigest()[:12]}"
+        if not (folder / REPORT_FILE).is_file():
+            tmp = folder.with_name(folder.name + ".tmp")
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            make_incontext_imitator(lm, world_dir, tmp, shots=shots, seed=seed, heldout=heldout)
+            tmp.rename(folder)  # complete folders only
+        folders.append(folder)
+    return folders

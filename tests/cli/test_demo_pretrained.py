@@ -63,3 +63,34 @@ def test_pretrained_demo_refuses_bad_input_before_writing(
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_imitator_demo_tiny(tmp_path, capsys, tiny_model):
+    """`--base smollm2-imitator`: the world without quiet students, two in-context imitators
+    (seeds 0 and 1) as the class of ν_α without τ, an agent against each base, τ's verdicts."""
+    out = tmp_path / "imitator"
+    rc = main(["demo", "--base", "smollm2-imitator", "--model", str(tiny_model), "--shots", "1",
+               "--out", str(out), "--cache", str(tmp_path / "cache"),
+               "--agents", "single:4,pessimistic:4", "--ensemble", "2", "--no-tau",
+               "--world-set", "n_train=8", "--world-set", "n_heldout=3", "--eval-episodes", "4",
+               "--set", "env.n_envs=4", "--set", "env.length=160",
+               "--set", "train.total_agent_steps=200", "--set", "ppo.tokens_per_update=100",
+               "--set", "ppo.minibatch=50", "--set", "base.demo_tokens=0"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert text.count("in-context imitator") == 1 and text.count("      incontext-") == 2
+    world = json.loads((out / "world" / "world.json").read_text())
+    assert world["config"]["quiet_students"] == 0
+    prior = json.loads((out / "prior.json").read_text())
+    by_base = {(r["base"], r["first_tau"]): r["by_n"] for r in prior}
+    assert {b for b, _ in by_base} == {"β (member 0)", "member 1", "ν_α + help"}
+    for n, row in enumerate(by_base[("ν_α + help", 0)]):
+        members = [by_base[(b, 0)][n]["median"] for b in ("β (member 0)", "member 1")]
+        assert row["median"] >= min(members) - 1e-6
+    run = out / "pessimistic_B4"
+    cfg = (run / "config.toml").read_text()
+    assert "incontext-" in cfg and "tau" not in cfg.split("members")[1].splitlines()[0]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {"agent_L160", "base_L160", "tau_L160"} <= set(metrics["eval"])
+    assert metrics["eval"]["agent_L160"]["kl_to_base"]["exact_max"] <= 4 + 1e-4
+    assert "tau_support" in metrics["eval"]["agent_L160"]
