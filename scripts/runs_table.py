@@ -20,7 +20,7 @@ from pathlib import Path
 
 from klbudget.config import load
 from klbudget.evaluation.records import load_rows
-from klbudget.pipelines.demo import _num
+from klbudget.pipelines.demo import metric
 
 FIELDS = ("setting", "model", "base", "budget", "seed", "agent_steps", "length", "return",
           "replies", "empty", "kl_mean", "kl_max", "outside_tau", "help", "base_return",
@@ -37,15 +37,15 @@ def rows(run: Path, setting: str) -> list[dict]:
         out.append({
             "setting": setting, "model": Path(cfg.model.path).name, "base": cfg.base.kind,
             "budget": cfg.budget.total, "seed": cfg.train.seed, "agent_steps": steps,
-            "length": agent["length"], "return": _num(agent, "reward", "mean"),
-            "replies": _num(agent, "replies", "mean"),
-            "empty": _num(agent, "empty_turn_frac", "mean"),
-            "kl_mean": _num(agent, "kl_to_base", "exact", "mean"),
-            "kl_max": _num(agent, "kl_to_base", "exact_max"),
-            "outside_tau": _num(agent, "tau_support", "violation_share"),
-            "help": _num(agent, "help_rate"),
-            "base_return": _num(base, "reward", "mean"),
-            "base_empty": _num(base, "empty_turn_frac", "mean"),
+            "length": agent["length"], "return": metric(agent, "reward", "mean"),
+            "replies": metric(agent, "replies", "mean"),
+            "empty": metric(agent, "empty_turn_frac", "mean"),
+            "kl_mean": metric(agent, "kl_to_base", "exact", "mean"),
+            "kl_max": metric(agent, "kl_to_base", "exact_max"),
+            "outside_tau": metric(agent, "tau_support", "violation_share"),
+            "help": metric(agent, "help_rate"),
+            "base_return": metric(base, "reward", "mean"),
+            "base_empty": metric(base, "empty_turn_frac", "mean"),
         })  # fmt: skip
     return out
 

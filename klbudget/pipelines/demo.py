@@ -35,15 +35,18 @@ import torch
 from tqdm.auto import tqdm
 
 from klbudget.agent.distributed import threads_per_process
-from klbudget.agent.policy import Actor, Critic
-from klbudget.agent.rollout import run_episode
-from klbudget.agent.trainer import TAU_MEMBER, Trainer, build_env
+from klbudget.agent.trainer import TAU_MEMBER, Trainer
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
-from klbudget.evaluation import metrics as m
-from klbudget.evaluation.records import RecordError, load_rows, parse_episode
+from klbudget.evaluation.records import RecordError, load_rows
 from klbudget.pipelines import DEMO_AGENTS
-from klbudget.pipelines.evaluate import evaluate_run, tau_oracle
-from klbudget.pipelines.prior import empty_turn_costs
+from klbudget.pipelines.evaluate import evaluate_run
+from klbudget.pipelines.prior import (
+    REPEATED_TURNS,
+    base_alone,
+    empty_turn_costs,
+    silence_pays,
+    silence_table,
+)
 from klbudget.report.html import build_report
 from klbudget.runs.folder import RunFolderError, atomic_write_text, to_jsonable
 from klbudget.world import (
@@ -123,7 +126,7 @@ def run_demo(
         raise ConfigError("an ensemble needs at least 2 members (imitators, and τ with tau)")
     if any(not 0 < f <= 1 for f in help_fractions):
         raise ConfigError(f"help fractions must be in (0, 1], got {list(help_fractions)}")
-    names = [_run_name(kind, budget) for kind, budget, _ in agents]
+    names = [run_name(kind, budget) for kind, budget, _ in agents]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"two agents would train into {out / twice[0]}: give each base "
@@ -167,14 +170,23 @@ def run_demo(
         members += [TAU] if tau else []
     else:
         members = members[:1]
-    prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases)
+    # In context the prior is the study's question: as many conversations as it asks for.
+    prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases,
+                              episodes=8 if incontext is None else 32)  # fmt: skip
     # Costs are +inf where a member (τ) never writes an empty turn: "inf" in strict JSON.
     text = json.dumps(to_jsonable(prior), indent=1, allow_nan=False)
     atomic_write_text(out / "prior.json", text + "\n")
     say(_prior_table(prior))
+    if incontext is not None:
+        say("[2/4] does silence pay? (the student's replies sorted by the world's pools)")
+        cfg0 = apply_overrides(base_cfg, [f"model.path={members[0].resolve()}"]).validate()
+        silence = silence_pays(cfg0, REPEATED_TURNS, episodes=eval_episodes, world=world_dir)
+        text = json.dumps(to_jsonable(silence), indent=1, allow_nan=False)
+        atomic_write_text(out / "silence.json", text + "\n")
+        say(silence_table(silence))
     plan = []  # every agent's config is checked before the first one trains
     for kind, budget, steps in agents:
-        name = _run_name(kind, budget)
+        name = run_name(kind, budget)
         # Absolute paths: a run folder's config then resumes and evaluates from any folder.
         sets = [f"model.path={model.resolve()}", f"budget.total={budget}"]
         sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
@@ -215,12 +227,12 @@ def run_demo(
         atomic_write_text(out / "help_study.json", json.dumps(study, indent=1) + "\n")
     report = build_report(runs, out / "report.html")
     say("[4/4] report", flush=True)
-    rows = _summary(runs)
+    rows = summary_rows(runs)
     minutes = (time.perf_counter() - t0) / 60
     say(f"\nimitator {model.name}: held-out teacher log-loss "
         f"{held.get('imitator_teacher_logloss', float('nan')):.3f} nats/token, "
         f"τ entropy {held.get('tau_teacher_entropy', float('nan')):.3f}")  # fmt: skip
-    say(_table(rows))
+    say(summary_table(rows))
     if study:
         say(_study_table(study))
     say(f"\nreport: {report}\nruns:   {', '.join(map(str, runs))}\nwall time: {minutes:.1f} min")
@@ -242,7 +254,7 @@ def _heldout_line(report: dict) -> str:
             f"{report.get('context_tokens', 0)} context tokens")  # fmt: skip
 
 
-def _run_name(kind: str, budget: float) -> str:
+def run_name(kind: str, budget: float) -> str:
     return f"agent_B{budget:g}" if kind == "single" else f"{kind}_B{budget:g}"
 
 
@@ -417,37 +429,7 @@ def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Conf
     ])  # fmt: skip
 
 
-def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
-    """The base policy acting alone (budget 0) for `episodes` episodes: return, help rate,
-    empty-turn fraction and (with base.world) τ-support violations, from the same records the
-    evaluation writes."""
-    env = build_env(cfg)
-    base = env.base
-    oracle = tau_oracle(Path(cfg.base.world), base, cfg) if cfg.base.world else None
-    obs_dim = base.feature_dim + 2
-    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
-    g = torch.Generator().manual_seed(seed)
-    eps = []
-    for i in range(math.ceil(episodes / env.n_envs)):
-        ep = run_episode(
-            env, actor, critic, budget=0.0, mode="expected", budget_scale=1.0, generator=g,
-            seed=seed + i, policy="base", reference=oracle,
-        )  # fmt: skip
-        for rec in ep.records:
-            if oracle is not None:
-                oracle.annotate(rec)
-            rec["episode"] = len(eps)
-            eps.append(parse_episode(rec, "help study"))
-    support = m.tau_support_summary(eps) or {}
-    return {
-        "help_rate": m.help_rate(eps),
-        "empty": (m.empty_turn_summary(eps) or {}).get("mean"),
-        "outside": support.get("violation_share"),
-        "return": float(sum(e.return_ for e in eps) / len(eps)),
-    }
-
-
-def _summary(runs: list[Path]) -> list[dict]:
+def summary_rows(runs: list[Path]) -> list[dict]:
     """One row per run, policy and length; β and τ rows once per (base kind, length)."""
     rows, seen = [], set()
     for run in runs:
@@ -464,19 +446,19 @@ def _summary(runs: list[Path]) -> list[dict]:
                 "run": run.name if policy == "agent" else ("τ" if policy == "tau" else kind),
                 "policy": policy,
                 "L": ev["length"],
-                "return": _num(ev, "reward", "mean"),
-                "replies": _num(ev, "replies", "mean"),
-                "empty": _num(ev, "empty_turn_frac", "mean"),
-                "outside": _num(ev, "tau_support", "violation_share"),
-                "kl_base": _num(ev, "kl_to_base", "exact", "mean"),
-                "kl_base_max": _num(ev, "kl_to_base", "exact_max"),
-                "kl_tau": _num(ev, "tau_support", "kl_in_support_mean"),
-                "help": _num(ev, "help_rate"),
+                "return": metric(ev, "reward", "mean"),
+                "replies": metric(ev, "replies", "mean"),
+                "empty": metric(ev, "empty_turn_frac", "mean"),
+                "outside": metric(ev, "tau_support", "violation_share"),
+                "kl_base": metric(ev, "kl_to_base", "exact", "mean"),
+                "kl_base_max": metric(ev, "kl_to_base", "exact_max"),
+                "kl_tau": metric(ev, "tau_support", "kl_in_support_mean"),
+                "help": metric(ev, "help_rate"),
             })  # fmt: skip
     return rows
 
 
-def _num(obj: dict, *keys: str) -> float:
+def metric(obj: dict, *keys: str) -> float:
     """A nested metric, NaN where it is absent (e.g. no completed teacher turn)."""
     for key in keys:
         obj = obj.get(key) if isinstance(obj, dict) else None
@@ -495,7 +477,7 @@ COLUMNS = (  # key, header, width, format
 )
 
 
-def _table(rows: list[dict]) -> str:
+def summary_table(rows: list[dict]) -> str:
     # No help without a pessimistic base, no τ columns without a world.
     optional = ("help", "outside", "kl_tau")
     cols = [c for c in COLUMNS

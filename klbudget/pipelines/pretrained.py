@@ -20,29 +20,30 @@ is put anywhere: whatever an empty teacher turn costs is what pretraining made i
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 from klbudget.agent.distributed import threads_per_process
-from klbudget.config import Config, ConfigError, apply_overrides, preset
+from klbudget.config import ConfigError, apply_overrides, preset
 from klbudget.pipelines.demo import (
     Agent,
     AgentJob,
-    _run_name,
-    _summary,
-    _table,
-    base_alone,
     job_count,
+    run_name,
     run_parallel,
+    summary_rows,
+    summary_table,
     train_and_evaluate,
 )
-from klbudget.pipelines.prior import empty_turn_costs, fixed_teacher, fixed_teacher_table
+from klbudget.pipelines.prior import (
+    REPEATED_TURNS,
+    empty_turn_costs,
+    silence_pays,
+    silence_table,
+)
 from klbudget.report.html import build_report
 from klbudget.runs.folder import RunFolderError, atomic_write_text, to_jsonable
 
-# Short turns a teacher could repeat all episode: what silence is measured against.
-REPEATED_TURNS = ("Yes.", "Great question!", "I see. Tell me more.")
 PRETRAINED_AGENTS = "single:10,single:20"
 
 
@@ -70,7 +71,7 @@ def run_pretrained(
         raise ConfigError("a pretrained base without a world has agents of kind single only")
     if prior_episodes < 1 or turns < 1 or eval_episodes < 1:
         raise ConfigError("the prior's episodes and turns and --eval-episodes must be >= 1")
-    names = [_run_name(kind, budget) for kind, budget, _ in agents]
+    names = [run_name(kind, budget) for kind, budget, _ in agents]
     if len(set(names)) < len(names):
         raise ConfigError("give each budget once")
     base_cfg = apply_overrides(preset(preset_name), [f"model.path={model.resolve()}",
@@ -115,8 +116,8 @@ def run_pretrained(
     runs = [job.run for job in plan]
     report = build_report(runs, out / "report.html")
     say("[4/4] report", flush=True)
-    rows = _summary(runs)
-    say(_table(rows))
+    rows = summary_rows(runs)
+    say(summary_table(rows))
     say(f"\nreport: {report}\nwall time: {(time.perf_counter() - t0) / 60:.1f} min")
     return rows
 
@@ -146,40 +147,3 @@ _PRIOR_NOTE = (
     "n = 1 hands over right after the prompt's 'Do you' (not empty by content: the price of "
     "cutting the first turn short); n >= 2 are empty turns."
 )
-
-
-def silence_pays(cfg: Config, repeated: tuple[str, ...], *, episodes: int) -> dict:
-    """Return per episode of the silent teacher, of teachers repeating each of ``repeated``
-    and of the base acting alone, in the environment ``cfg`` describes (``episodes`` each);
-    with the silent teacher's conversation 0 as the model wrote it."""
-    fixed = [fixed_teacher(cfg, text, episodes=episodes) for text in ("", *repeated)]
-    alone = base_alone(cfg, episodes, seed=777)
-    rows = [{"teacher": f.text, "return": float(f.returns.mean()),
-             "replies": float(f.replies.mean()), "per_reply": f.per_reply,
-             "kl_median": float(_median(f.kl)), "table_row": f.row()} for f in fixed]  # fmt: skip
-    return {
-        "fixed": rows,
-        "table": fixed_teacher_table(fixed),
-        "base_alone": {"return": alone["return"], "empty": alone["empty"]},
-        "silent_transcript": fixed[0].example,
-    }
-
-
-def _median(x) -> float:
-    import numpy as np
-
-    return float(np.median(x)) if len(x) else math.nan
-
-
-def silence_table(res: dict) -> str:
-    """The fixed-teacher table, the base alone, and the start of the silent conversation."""
-    alone = res["base_alone"]
-    empty = alone["empty"]
-    lines = [
-        res["table"],
-        f"base acting alone: return {alone['return']:.2f}"
-        + ("" if empty is None else f", empty-turn fraction {empty:.3f}"),
-        "the silent teacher's conversation 0 (after the prompt):",
-        *("  | " + line for line in res["silent_transcript"][:600].splitlines()),
-    ]
-    return "\n".join(lines)

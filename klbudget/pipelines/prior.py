@@ -26,8 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from klbudget.agent.trainer import build_env
+from klbudget.agent.policy import Actor, Critic
+from klbudget.agent.rollout import run_episode
+from klbudget.agent.trainer import build_env, chat_format
 from klbudget.config import Config
+from klbudget.evaluation import metrics as m
+from klbudget.evaluation.records import parse_episode
 from klbudget.rewards.sentiment import reply_reward
 
 
@@ -369,3 +373,76 @@ def _reply_pools(replies: list[str], world: Path) -> dict[str, float]:
             counts["other"] += 1
     total = max(sum(counts.values()), 1)
     return {k: v / total for k, v in counts.items()}
+
+
+def base_alone(cfg: Config, episodes: int, seed: int) -> dict:
+    """The base policy acting alone (budget 0) for `episodes` episodes: return, help rate,
+    empty-turn fraction and (with base.world) τ-support violations, from the same records the
+    evaluation writes."""
+    env = build_env(cfg)
+    base = env.base
+    if cfg.base.world:
+        from klbudget.pipelines.evaluate import tau_oracle
+
+        oracle = tau_oracle(Path(cfg.base.world), base, cfg)
+    else:
+        oracle = None
+    obs_dim = base.feature_dim + 2
+    actor, critic = Actor(obs_dim, base.num_actions), Critic(obs_dim, cfg.agent.critic_hidden)
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for i in range(math.ceil(episodes / env.n_envs)):
+        ep = run_episode(
+            env, actor, critic, budget=0.0, mode="expected", budget_scale=1.0, generator=g,
+            seed=seed + i, policy="base", reference=oracle,
+        )  # fmt: skip
+        for rec in ep.records:
+            if oracle is not None:
+                oracle.annotate(rec)
+            rec["episode"] = len(eps)
+            eps.append(parse_episode(rec, "help study"))
+    support = m.tau_support_summary(eps) or {}
+    return {
+        "help_rate": m.help_rate(eps),
+        "empty": (m.empty_turn_summary(eps, chat_format(cfg)) or {}).get("mean"),
+        "outside": support.get("violation_share"),
+        "return": float(sum(e.return_ for e in eps) / len(eps)),
+    }
+
+
+# Short turns a teacher could repeat all episode: what silence is measured against.
+REPEATED_TURNS = ("Yes.", "Great question!", "I see. Tell me more.")
+
+
+def silence_pays(
+    cfg: Config, repeated: Sequence[str], *, episodes: int, world: Path | None = None
+) -> dict:
+    """Return per episode of the silent teacher, of teachers repeating each of ``repeated``
+    and of the base acting alone, in the environment ``cfg`` describes (``episodes`` each);
+    with the silent teacher's conversation 0 as the model wrote it, and with a ``world``
+    whose pools the student's replies come from (:func:`fixed_teacher`)."""
+    fixed = [fixed_teacher(cfg, text, episodes=episodes, world=world) for text in ("", *repeated)]
+    alone = base_alone(cfg, episodes, seed=777)
+    rows = [{"teacher": f.text, "return": float(f.returns.mean()),
+             "replies": float(f.replies.mean()), "per_reply": f.per_reply,
+             "kl_median": float(np.median(f.kl)), "pools": f.pools} for f in fixed]  # fmt: skip
+    return {
+        "fixed": rows,
+        "table": fixed_teacher_table(fixed),
+        "base_alone": {"return": alone["return"], "empty": alone["empty"]},
+        "silent_transcript": fixed[0].example,
+    }
+
+
+def silence_table(res: dict) -> str:
+    """The fixed-teacher table, the base alone, and the start of the silent conversation."""
+    alone = res["base_alone"]
+    empty = alone["empty"]
+    lines = [
+        res["table"],
+        f"base acting alone: return {alone['return']:.2f}"
+        + ("" if empty is None else f", empty-turn fraction {empty:.3f}"),
+        "the silent teacher's conversation 0 (after the prompt):",
+        *("  | " + line for line in res["silent_transcript"][:600].splitlines()),
+    ]
+    return "\n".join(lines)

@@ -87,6 +87,10 @@ def test_imitator_demo_tiny(tmp_path, capsys, tiny_model):
     for n, row in enumerate(by_base[("ν_α + help", 0)]):
         members = [by_base[(b, 0)][n]["median"] for b in ("β (member 0)", "member 1")]
         assert row["median"] >= min(members) - 1e-6
+    # Whether silence pays, with the student's replies sorted by the world's pools.
+    silence = json.loads((out / "silence.json").read_text())
+    assert silence["fixed"][0]["teacher"] == "" and silence["fixed"][0]["pools"] is not None
+    assert "student/teacher: share of the student's replies" in text
     run = out / "pessimistic_B4"
     cfg = (run / "config.toml").read_text()
     assert "incontext-" in cfg and "tau" not in cfg.split("members")[1].splitlines()[0]
