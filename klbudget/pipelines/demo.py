@@ -148,11 +148,12 @@ def run_demo(
 
     say(f"[1/4] world {world_cfg.hash} -> {out / 'world'}", flush=True)
     world_dir = build_world(world_cfg, out / "world")
+    k = ensemble if set(bases) - {"single"} else 1
     if incontext is None:
         say(f"[2/4] imitator (cached under {cache})", flush=True)
         model = train_imitator(world_dir, imit_cfg, cache, progress=progress)
-    k = ensemble if set(bases) - {"single"} else 1
-    if incontext is not None:
+        members = [model]
+    else:
         say(f"[2/4] {k} in-context imitator(s): {incontext.model.name} reading "
             f"{incontext.shots} of τ's demonstrations (cached under {cache})")  # fmt: skip
         members = incontext_imitators(incontext.model, world_dir, shots=incontext.shots, k=k,
@@ -161,15 +162,11 @@ def run_demo(
         for folder in members:
             say(f"      {folder.name}: {_heldout_line(read_report(folder))}")
     held = read_report(model).get("heldout", {})
-    if incontext is None:
-        members = [model]
     if set(bases) - {"single"}:
         if ensemble > 1 and incontext is None:
             say(f"[2/4] ensemble of {ensemble} imitators (member 0 is β)", flush=True)
             members = train_ensemble(world_dir, imit_cfg, ensemble, cache, progress=progress)
         members += [TAU] if tau else []
-    else:
-        members = members[:1]
     # In context the prior is the study's question: as many conversations as it asks for.
     prior = empty_turn_priors(members, base_cfg, world_dir, pessimistic="pessimistic" in bases,
                               episodes=8 if incontext is None else 32)  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class _ContextLM(torch.nn.Module):
         ids = torch.cat([self.context.expand(n, -1), input_ids], 1)
         mask = torch.cat([torch.ones(n, p, dtype=attention_mask.dtype), attention_mask], 1)
         out = self.model(input_ids=ids, attention_mask=mask)
-        return type("Out", (), {"logits": out.logits[:, p:]})()
+        return SimpleNamespace(logits=out.logits[:, p:])
 
 
 @torch.no_grad()
@@ -90,13 +91,14 @@ def make_incontext_imitator(
         )
     lm = _ContextLM(model, ids) if ids else model
     records = load_split(world_dir, "heldout")[:heldout]
+    world = load_world(world_dir)
     with torch.inference_mode():
-        report = heldout_report(lm, tokenizer, load_world(world_dir), records, block_size)
+        report = heldout_report(lm, tokenizer, world, records, block_size)
     meta = {
         "kind": "in-context",
         "model": str(model_dir),
         "world": str(Path(world_dir).resolve()),
-        "world_hash": load_world(world_dir).cfg.hash,
+        "world_hash": world.cfg.hash,
         "shots": shots,
         "seed": seed,
         "context_tokens": len(ids),
