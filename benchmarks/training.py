@@ -50,7 +50,7 @@ def rollout(
     chat environment of preset ``name`` (its format, turn caps and student temperature)."""
     from klbudget.agent.policy import Critic, make_actor
     from klbudget.agent.rollout import run_episode
-    from klbudget.agent.trainer import build_base, build_env
+    from klbudget.compose import build_base, build_env
 
     cfg = _config(model_dir, batch, length, 8192, head, name)
     built, demonstrator = build_base(cfg)  # the preset's base: kind, device, temperature

@@ -59,6 +59,9 @@ class EnvConfig:
     max_reply_tokens: int = 48  # a student reply longer than this is handed back to the teacher
     max_turn_tokens: int = 0  # a teacher turn this long is handed to the student (0: no cap)
     prompt: str = DEFAULT_PROMPT  # fixed start of every transcript; ends with the teacher tag
+    # more prompts: each batch of episodes starts from one of (prompt, *prompts), drawn with
+    # the environment's seed; all must end the same way after their last teacher tag
+    prompts: tuple[str, ...] = ()
     teacher_tag: str = "Teacher:"  # tag of the agent's turns
     student_tag: str = "Student:"  # tag of the environment's turns
     separator: str = "\n\n"  # between turns
@@ -160,6 +163,25 @@ class Config:
                 ),
                 f"env.prompt: {problem}",
             ),  # fmt: skip
+            *(
+                (
+                    not (problem := prompt_problem(p, e.teacher_tag, e.student_tag, e.separator)),
+                    f"env.prompts[{i}]: {problem}",
+                )
+                for i, p in enumerate(e.prompts)
+            ),
+            (
+                all(
+                    _opening(p, e.teacher_tag) == _opening(e.prompt, e.teacher_tag)
+                    for p in e.prompts
+                ),
+                "env.prompts: every prompt must end as env.prompt does after its last teacher "
+                f"tag ({_opening(e.prompt, e.teacher_tag)!r})",
+            ),  # fmt: skip
+            (
+                not e.prompts or not self.base.world,
+                "env.prompts: several prompts need base.world unset (τ reads one prompt)",
+            ),
             (
                 self.env.teacher_tag != self.env.student_tag,
                 "env.teacher_tag and env.student_tag must differ",
@@ -188,6 +210,11 @@ class Config:
         return self
 
 
+def _opening(prompt: str, teacher_tag: str) -> str:
+    """What a prompt writes after its last teacher tag (``ChatFormat.opening``)."""
+    return prompt[prompt.rfind(teacher_tag) + len(teacher_tag) :] if teacher_tag in prompt else ""
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -210,6 +237,8 @@ class Rule:
         """'' when `v` is allowed, else what is allowed."""
         if self.choices:
             return "" if v in self.choices else f"must be one of {'|'.join(self.choices)}"
+        if isinstance(v, tuple):  # a list of strings: every entry by the same rule
+            return next((f"entry {i}: {p}" for i, x in enumerate(v) if (p := self.check(x))), "")
         if isinstance(v, str):
             if not self.empty and not v:
                 return "must not be empty"
@@ -261,6 +290,7 @@ RULES: dict[str, Rule] = {
     "env.max_reply_tokens": _count(1, 1_000_000),
     "env.max_turn_tokens": _count(0, 1_000_000),
     "env.prompt": Rule(empty=False),
+    "env.prompts": Rule(empty=False),
     "env.teacher_tag": Rule(empty=False),
     "env.student_tag": Rule(empty=False),
     "env.separator": Rule(),
@@ -326,6 +356,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 pass
     elif typ is str and isinstance(value, str):
         return value
+    elif typing.get_origin(typ) is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {_show(value)}")
     name = getattr(typ, "__name__", str(typ))
     raise ConfigError(f"{where}: expected {name}, got {value!r}")
 

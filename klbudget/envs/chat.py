@@ -13,7 +13,8 @@ separator alone). A student turn also ends after `max_reply_tokens` (once its te
 ends in the first part of the separator), when the environment writes the whole hand-back
 "\\n\\nTeacher:" itself; with `max_turn_tokens` > 0 a teacher turn that reaches that many
 tokens is handed over the same way ("\\n\\nStudent:", written by the environment, no agent
-action). Each finished student reply pays (s + 1)/2 with s its sentiment. A reply cut off by
+action). Each finished student reply pays (s + 1)/2 with s its sentiment (or what a given
+`reward` function returns for it). A reply cut off by
 the end of the episode is scored as it stands if it has any content. The episode ends
 (truncated) when the transcript holds `length` tokens.
 
@@ -31,6 +32,8 @@ size N; `actions` is read only where `obs["agent_turn"]` is True.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +53,12 @@ from klbudget.envs.format import ChatFormat
 from klbudget.rewards.sentiment import reply_reward
 
 SPEAKERS = ("prompt", "agent", "env")
+
+
+class RewardError(ValueError):
+    """A reward function that did not return one finite number per reply."""
+
+
 PROMPT, AGENT, ENV = 0, 1, 2
 
 
@@ -95,7 +104,7 @@ class ChatEnv:
         self,
         base: BasePolicy,
         tokenizer,
-        sentiment: Callable[[Sequence[str]], list[float]],
+        sentiment: Callable[[Sequence[str]], list[float]] | None,
         *,
         n_envs: int,
         length: int,
@@ -105,6 +114,8 @@ class ChatEnv:
         max_turn_tokens: int = 0,
         device: str | torch.device = "cpu",
         demonstrator: Callable[[ChatEnv, int], list[int]] | None = None,
+        prompts: Sequence[str] = (),
+        reward: Callable[[Sequence[str]], Sequence[float]] | None = None,
     ) -> None:
         self.base = base
         self.help_action = help_action(base)
@@ -114,7 +125,10 @@ class ChatEnv:
         self._observe = getattr(base, "observe", None)
         self.chat = chat or ChatFormat()
         self.text = TokenText(tokenizer, base.vocab_size)
+        if sentiment is None and reward is None:
+            raise ValueError("ChatEnv needs a sentiment model or a reward function")
         self.sentiment = sentiment
+        self.reward = reward
         self.n_envs = n_envs
         self.length = length
         self.student_temperature = student_temperature
@@ -122,15 +136,19 @@ class ChatEnv:
         self.max_turn_tokens = max_turn_tokens
         self.device = torch.device(device)
         self.prompt_ids = self.text.encode(self.chat.prompt)
+        # (format, ids) of every prompt an episode batch may start from (env.prompts).
+        self._prompts = [(self.chat, self.prompt_ids)] + [
+            (dataclasses.replace(self.chat, prompt=p), self.text.encode(p)) for p in prompts
+        ]
         self.to_teacher_ids = self.text.encode(self.chat.to_teacher)
         self.to_student_ids = self.text.encode(self.chat.to_student)
         # The tags as they tokenize after the separator (BPE may split a tag differently alone).
         self.teacher_tag_ids = self._after_separator(self.chat.teacher_tag)
         self.student_tag_ids = self._after_separator(self.chat.student_tag)
-        if len(self.prompt_ids) >= length:
+        longest = max(len(ids) for _, ids in self._prompts)
+        if longest >= length:
             raise ValueError(
-                f"env.length = {length}: must be longer than the prompt "
-                f"({len(self.prompt_ids)} tokens)"
+                f"env.length = {length}: must be longer than the prompt ({longest} tokens)"
             )
         if length > base.max_length:
             raise ValueError(
@@ -147,6 +165,9 @@ class ChatEnv:
         if seed is not None:
             self.generator.manual_seed(seed)
         n = self.n_envs
+        if len(self._prompts) > 1:  # one prompt for the whole batch: rows stay in lockstep
+            k = int(torch.randint(len(self._prompts), (1,), generator=self.generator))
+            self.chat, self.prompt_ids = self._prompts[k]
         self.ids = torch.empty(n, self.length, dtype=torch.long)
         self.speaker = torch.empty(n, self.length, dtype=torch.long)
         self.helped = torch.zeros(n, self.length, dtype=torch.bool)
@@ -307,9 +328,25 @@ class ChatEnv:
             if content or self.t < self.length:
                 texts.append(content)
                 rows.append(i)
-        for i, text, s in zip(rows, texts, self.sentiment(texts), strict=True):
-            reward[i] += reply_reward(s)
+        for i, text, r in zip(rows, texts, self.pay(texts), strict=True):
+            reward[i] += r
             self.replies[i].append((self.t, text))
+
+    def pay(self, replies: list[str]) -> list[float]:
+        """What each finished student reply earns: ``reward(replies)`` when the environment
+        was given one, else (s + 1)/2 of each reply's sentiment s."""
+        if not replies:
+            return []
+        if self.reward is None:
+            return [reply_reward(s) for s in self.sentiment(replies)]
+        paid = [float(r) for r in self.reward(replies)]
+        if len(paid) != len(replies) or not all(math.isfinite(r) for r in paid):
+            raise RewardError(
+                f"the reward function returned {len(paid)} values for {len(replies)} replies"
+                f"{'' if len(paid) != len(replies) else ', not all finite'}: one finite float "
+                "per reply is needed"
+            )
+        return paid
 
     def transcript(self, i: int) -> str:
         """Decoded transcript of conversation i so far."""

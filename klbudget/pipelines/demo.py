@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from klbudget.agent.distributed import threads_per_process
-from klbudget.agent.trainer import TAU_MEMBER, Trainer
+from klbudget.agent.trainer import Trainer
+from klbudget.compose import TAU_MEMBER
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation.records import RecordError, load_rows
 from klbudget.pipelines import DEMO_AGENTS

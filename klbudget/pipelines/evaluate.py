@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from klbudget.agent.policy import Actor, Critic, budget_input, make_actor, observation
 from klbudget.agent.rollout import played_tokens, run_episode
-from klbudget.agent.trainer import build_base, build_env, chat_format
 from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy, help_action
+from klbudget.compose import RewardFn, build_base, build_env, chat_format
 from klbudget.config import Config, load
 from klbudget.core.budget import spend
 from klbudget.evaluation.summary import compute_all
@@ -66,6 +66,7 @@ def evaluate_run(
     heldout: int = 32,
     policies: tuple[str, ...] = ("agent", "base", "tau"),
     progress: bool = True,
+    reward: RewardFn | None = None,
 ) -> dict:
     """Write evaluation episodes and `eval/metrics.json`; returns the metrics.
 
@@ -73,7 +74,8 @@ def evaluate_run(
     agent token carries the exact KL(π_t‖τ_t), teacher turns are annotated with τ's
     support and behaviour class, and `heldout` of the world's held-out demonstrations are
     scored teacher-forced for the calibration loss (`eval/heldout_<policy>.jsonl`).
-    `policies` chooses who plays ("agent", "base", "tau"; τ only with a world).
+    `policies` chooses who plays ("agent", "base", "tau"; τ only with a world). A `reward`
+    function pays the student's replies instead of the config's sentiment reward.
     """
     saved = run_dir / "config.toml"
     if not saved.is_file():
@@ -99,7 +101,7 @@ def evaluate_run(
     bar = tqdm(total=len(lengths) * len(players) * n_batches, desc="eval", disable=not progress)
     for length in lengths:
         lcfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, length=length))
-        env = build_env(lcfg, base=base, demonstrator=demonstrator)
+        env = build_env(lcfg, base=base, demonstrator=demonstrator, reward=reward)
         for policy, player, budget in players:
             g = torch.Generator().manual_seed(seed)
             records = []

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from klbudget.agent.best_of_n import keep_best, play_pool
-from klbudget.agent.trainer import Trainer, build_env, chat_format
+from klbudget.agent.trainer import Trainer
+from klbudget.compose import build_env, chat_format
 from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import load_episodes, load_rows

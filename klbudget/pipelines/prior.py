@@ -28,11 +28,10 @@ import torch
 
 from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.rollout import run_episode
-from klbudget.agent.trainer import build_env, chat_format
+from klbudget.compose import build_env, chat_format
 from klbudget.config import Config
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import parse_episode
-from klbudget.rewards.sentiment import reply_reward
 
 
 @dataclass(frozen=True)
@@ -349,7 +348,7 @@ def fixed_teacher(
         table[i, : len(c)] = c
     replies = np.array([len(r) for r in env.replies], dtype=np.float64)
     answers = [t for r in env.replies for _, t in r[len(first) :]]  # the fixed turns' replies
-    paid = [reply_reward(s) for s in env.sentiment(answers)] if answers else [0.0]
+    paid = env.pay(answers) if answers else [0.0]
     pools = None if world is None else _reply_pools(answers, world)
     example = env.text.decode(env.ids[0, len(env.prompt_ids) : env.t].tolist())
     return FixedTeacher(text, forced.returns, replies, table, pools, float(np.mean(paid)), example)

@@ -124,7 +124,7 @@ def test_every_preset_is_valid(name):
 
 
 def test_smollm2_preset_speaks_the_model_chat_format():
-    from klbudget.agent.trainer import chat_format
+    from klbudget.compose import chat_format
     from klbudget.config import preset
 
     fmt = chat_format(preset("smollm2"))

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from klbudget.agent.trainer import build_env
+from klbudget.compose import build_env
 from klbudget.config import ConfigError, apply_overrides, preset
 from klbudget.envs.chat import SPEAKERS
 from klbudget.envs.format import ChatFormat

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import torch
 
-from klbudget.agent.trainer import chat_format
 from klbudget.base.hf import HFBase
+from klbudget.compose import chat_format
 from klbudget.config import apply_overrides, preset
 from klbudget.envs.format import ChatFormat
 from klbudget.pipelines.prior import empty_turn_costs
