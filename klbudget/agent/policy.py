@@ -1,4 +1,5 @@
-"""The agent: a linear actor head with the fixed-KL mixture, and a critic (SYSTEM.md §2).
+"""The agent: a linear actor head with the fixed-KL mixture, and a critic (docs/design.md,
+"Mechanics").
 
 Observation o = [LayerNorm(features), position, budget_left / budget_scale]. The actor
 outputs logits z (one per action) and a scalar s; the proposal is a = softmax(z + log β),

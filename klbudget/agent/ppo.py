@@ -1,4 +1,4 @@
-r"""Clipped PPO on the fixed-KL mixture policy (SYSTEM.md §2, "PPO").
+r"""Clipped PPO on the fixed-KL mixture policy (docs/design.md, "PPO").
 
 One update reads top to bottom:
   1. advantages  A = normalise(G − V_old), G the undiscounted Monte-Carlo return;

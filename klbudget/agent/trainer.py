@@ -1,8 +1,8 @@
 """Training loop: learn → collect episodes → PPO update → log → checkpoint.
 
 The budget ramps linearly from 0 to its full value over the first `ramp_fraction` of
-training (SYSTEM.md §2). Logs and checkpoints follow docs/run-folder.md. Ctrl-C (SIGINT) or
-SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint first;
+training (docs/design.md, "Mechanics"). Logs and checkpoints follow docs/run-folder.md. Ctrl-C
+(SIGINT) or SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint first;
 `resume=True` continues from the newest checkpoint, even after SIGKILL.
 
 With `agent.kind = "penalty"` the agent is a KL-penalty agent instead (`[penalty]`): it plays

@@ -1,8 +1,8 @@
 """Ensembles of base policies: the Bayesian mixture ξ and the pessimistic imitator ν_α.
 
-SYSTEM.md §1 and §5, for neural models. K members (``BasePolicy`` objects over one
-vocabulary, typically imitators fitted with different seeds on bootstrap resamples of the
-demonstrations) stand in for the model class. Each conversation carries a posterior over
+docs/design.md, "The question", "Pessimistic bases", for neural models. K members (``BasePolicy``
+objects over one vocabulary, typically imitators fitted with different seeds on bootstrap resamples
+of the demonstrations) stand in for the model class. Each conversation carries a posterior over
 the members,
 
     log w_m(h) = log prior_m + Σ_{t ∈ D(h)} log p_m(x_t | x_{<t})  − log-normaliser,

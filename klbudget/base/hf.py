@@ -9,7 +9,8 @@ its whole past runs with the "klbudget_prefix" attention (`prefix_attention`), w
 PyTorch's fused attention the first n cached positions instead of all of them behind a mask
 (the masked positions add exactly nothing; the world's imitator decodes 1.23 times as fast
 alone, `benchmarks/rollout.py`). Models with a sliding or chunked window keep their own.
-Features are the hidden states of the last 3 layers at the current position (SYSTEM.md §2).
+Features are the hidden states of the last 3 layers at the current position (docs/design.md,
+"Mechanics").
 """
 
 from __future__ import annotations

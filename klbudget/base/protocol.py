@@ -1,4 +1,4 @@
-"""The base-policy protocol (SYSTEM.md §2 "Agent observation", §5).
+"""The base-policy protocol (docs/design.md, "Observation", "Pessimistic bases").
 
 A base policy advances N aligned conversations one token per call and reports, for the
 next position of each: the environment model's raw logits (the student is sampled from

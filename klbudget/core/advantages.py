@@ -1,4 +1,4 @@
-r"""Returns and advantages for undiscounted episodic PPO (SYSTEM.md §2, "PPO").
+r"""Returns and advantages for undiscounted episodic PPO (docs/design.md, "PPO").
 
 G_t = Σ_{s ≥ t} r_s (Monte-Carlo return, γ = 1, no bootstrap), A_t = G_t − V(s_t), then
 normalised to zero mean and unit variance over the batch.

@@ -1,4 +1,4 @@
-r"""Per-episode KL budget accounting (SYSTEM.md §2, "Budget accounting").
+r"""Per-episode KL budget accounting (docs/design.md, "Budget accounting").
 
 Two modes, both clamped at 0, after which the agent must play β exactly:
 

@@ -1,4 +1,4 @@
-r"""The fixed-KL mixture (SYSTEM.md §2, "Actor head").
+r"""The fixed-KL mixture (docs/design.md, "Actor head").
 
 Given a proposal ``a`` and a base ``b`` over the same V outcomes and a target ``k >= 0``,
 play

@@ -1,4 +1,4 @@
-"""The batched teacher/student chat (SYSTEM.md §2, "Transcript", "Environment", "Reward").
+"""The batched teacher/student chat (docs/design.md, "Transcript", "Environment", "Reward").
 
 N conversations start from the same prompt and advance in lockstep: every `step` appends
 exactly one token to every conversation, so all transcripts always have the same length and
@@ -18,8 +18,8 @@ action). Each finished student reply pays (s + 1)/2 with s its sentiment (or wha
 the end of the episode is scored as it stands if it has any content. The episode ends
 (truncated) when the transcript holds `length` tokens.
 
-Help (SYSTEM.md §5): when the base policy has an extra action after the vocabulary
-(`num_actions == vocab_size + 1`, a pessimistic imitator), that action asks the
+Help (docs/design.md, "Pessimistic bases"): when the base policy has an extra action after the
+vocabulary (`num_actions == vocab_size + 1`, a pessimistic imitator), that action asks the
 `demonstrator` to write instead: it is called as `demonstrator(env, i)` and returns the
 token ids to write (one token, or the rest of the teacher turn); they are marked in
 `env.helped`. A base policy with an `observe(writers)` method is told, before every step,

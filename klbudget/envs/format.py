@@ -1,4 +1,4 @@
-"""The teacher/student chat format (SYSTEM.md §2, "Transcript").
+"""The teacher/student chat format (docs/design.md, "Transcript").
 
 A transcript is a fixed prompt that ends inside a teacher turn, then alternating turns:
 
@@ -80,7 +80,7 @@ class ChatFormat:
         return turn_text.strip()
 
     def is_empty_teacher_turn(self, turn_text: str) -> bool:
-        """SYSTEM.md §2 "Empty response", defined by content so it holds for every tokenizer."""
+        """docs/design.md, "Empty response", defined by content so it holds for every tokenizer."""
         return self.teacher_content(turn_text) == ""
 
     def render(self, turns: list[tuple[str, str]]) -> str:

@@ -104,7 +104,8 @@ class EpisodeBuilder:
         helps = [_UNSET] * n if help is None else _per_token(help, n, "help")
         start = len(self.tokens)
         for k, text in enumerate(texts):
-            # Budget accounting of SYSTEM.md §2: decrement by the realized log-ratio, clamp at 0.
+            # Budget accounting of docs/design.md, "Mechanics": decrement by the realized log-ratio,
+            # clamp at 0.
             self.budget_left = max(self.budget_left - ratios[k], 0.0)
             self._token(
                 text,

@@ -1,4 +1,4 @@
-"""The measurements of SYSTEM.md §3 as pure functions of saved records.
+"""The measurements of docs/design.md, "Metrics" as pure functions of saved records.
 
 Records in (:class:`Episode`, :class:`Heldout` from :mod:`klbudget.evaluation.records`),
 numbers out: nothing here reads files, logs or touches a trainer, so every number in a
@@ -103,7 +103,7 @@ def reward_over_training(episodes: Sequence[Episode], n_bins: int = 20) -> list[
 def empty_turn_fraction(episode: Episode, fmt: ChatFormat | None = None) -> float | None:
     """(empty teacher turns) / (completed teacher turns) of one episode; None when no teacher
     turn was completed. A teacher turn is completed when its hand-over to the student was
-    written; it is empty when it has no content (SYSTEM.md §2, "Empty response")."""
+    written; it is empty when it has no content (docs/design.md, "Empty response")."""
     done = [t for t in teacher_turns(episode, fmt) if t.completed]
     if not done:
         return None
@@ -140,7 +140,7 @@ def kl_cost_by_empty_index(
     (exact KL, or realized log-ratio, see :func:`empty_turn_kl_costs`), over the episodes
     that have at least n empty turns (`n_episodes` of them).
 
-    SYSTEM.md §1: most KL is paid for the first empty turns, later ones get cheap.
+    docs/design.md, "The question": most KL is paid for the first empty turns, later ones get cheap.
     """
     by_n: dict[int, list[float]] = {}
     for e in episodes:
@@ -200,7 +200,7 @@ def kl_to_base_summary(episodes: Sequence[Episode]) -> dict[str, object] | None:
 
 
 def tau_support(episode: Episode) -> dict[str, float] | None:
-    """τ-support of one episode from its `turns` annotation (SYSTEM.md §3).
+    """τ-support of one episode from its `turns` annotation (docs/design.md, "Metrics").
 
     Returns `judged` (teacher turns with a known `in_support`), `violations` (those with
     in_support false: turns τ could never produce), `kl_in_support` = Σ KL(π̃_t‖τ_t) over the

@@ -5,9 +5,9 @@ An episode record is one transcript written token by token. Tokens carry a `spea
 separator, then the student's tag the environment writes, together the hand-over
 "\\n\\nStudent:") or `env` (the student's reply and the hand-back "\\n\\nTeacher:"). A
 maximal run of agent tokens is one teacher turn and a maximal run of env tokens is one
-student turn (SYSTEM.md §2, "Transcript", "Environment"). Whether a teacher turn
+student turn (docs/design.md, "Transcript", "Environment"). Whether a teacher turn
 is complete or empty is decided on the decoded text with :class:`ChatFormat`, never by token
-ids (SYSTEM.md §2, "Turn detection", "Empty response").
+ids (docs/design.md, "Turn detection", "Empty response").
 
 Every function here is pure except the two loaders, which only read a file. Malformed input
 raises :class:`RecordError` with a one-line message that names the file and line.
@@ -363,7 +363,7 @@ def split_turns(episode: Episode, fmt: ChatFormat | None = None) -> list[Turn]:
     A teacher turn is *completed* once its text contains the hand-over to the student, and
     *empty* when it is completed and :meth:`ChatFormat.is_empty_teacher_turn` holds for its
     text up to that hand-over, the first turn's with the prompt's :attr:`ChatFormat.opening`
-    (SYSTEM.md §2, "Empty response": by content, not token count).
+    (docs/design.md, "Empty response": by content, not token count).
     """
     fmt = fmt or ChatFormat()
     turns: list[Turn] = []

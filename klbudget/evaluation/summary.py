@@ -1,4 +1,4 @@
-"""Every SYSTEM.md §3 metric of one run folder, written to `RUN/eval/metrics.json`.
+"""Every metric (docs/design.md, "Metrics") of one run folder, written to `RUN/eval/metrics.json`.
 
 Reads only the run folder's records (docs/run-folder.md):
 
@@ -61,7 +61,7 @@ EVAL_HELDOUT = re.compile(r"heldout_(?P<policy>[A-Za-z0-9-]+)\.jsonl")
 
 
 def set_metrics(episodes: Sequence[Episode], fmt: ChatFormat | None = None) -> dict[str, Any]:
-    """The per-episode-set metrics of SYSTEM.md §3 for one policy at one length."""
+    """The per-episode-set metrics of docs/design.md, "Metrics" for one policy at one length."""
     return {
         "reward": m.reward_summary(episodes),
         "replies": m.replies_summary(episodes),
@@ -146,7 +146,8 @@ def _calibration(run_dir: Path) -> dict[str, Any]:
                 "transcripts": len(records),
             }
     agent, base = out.get("agent", {}).get("loss"), out.get("base", {}).get("loss")
-    # The calibration cost of RL (SYSTEM.md §1): how much log-loss the agent lost vs β.
+    # The calibration cost of RL (docs/design.md, "The question"): how much log-loss the agent lost
+    # vs β.
     out["agent_minus_base"] = None if agent is None or base is None else agent - base
     return out
 
@@ -175,7 +176,8 @@ def run_format(run_dir: Path) -> ChatFormat:
 
 
 def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = True) -> dict:
-    """Every metric of SYSTEM.md §3 from the records of `run_dir` (schema in the module doc).
+    """Every metric of docs/design.md, "Metrics" from the records of `run_dir` (schema in the module
+    doc).
 
     Turns are split with `fmt`, by default the run's own format (:func:`run_format`).
 

@@ -9,8 +9,8 @@
 4. each is evaluated (agent, β acting alone and τ acting, at L and 2L) and a report
    compares them.
 
-With `bases` beyond "single" (SYSTEM.md §5) the model class is β, `ensemble` − 1 more
-imitators (bootstrap resamples with other seeds) and, with `tau`, τ itself (the realizable
+With `bases` beyond "single" (docs/design.md, "Pessimistic bases") the model class is β, `ensemble`
+− 1 more imitators (bootstrap resamples with other seeds) and, with `tau`, τ itself (the realizable
 case of the guarantee: τ ∈ M^α gives ν_α ≤ τ); agents are trained against the Bayesian
 mixture ("bayes") and the pessimistic imitator with help ("pessimistic"). `help_fractions`
 adds the help-rate study: ensembles fitted on a fraction of the demonstrations, their

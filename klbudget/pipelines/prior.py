@@ -1,4 +1,5 @@
-"""What the n-th empty teacher turn costs under a base policy, before any RL (SYSTEM.md §4).
+"""What the n-th empty teacher turn costs under a base policy, before any RL (docs/design.md, "The
+world").
 
 The diagnostic of the in-context discount. In the chat environment, after ``first_tau``
 teacher turns written by τ (a world is needed then), the teacher writes only empty turns

@@ -1,4 +1,4 @@
-"""Sentiment rewards for student replies (SYSTEM.md §2, "Reward").
+"""Sentiment rewards for student replies (docs/design.md, "Reward").
 
 A reward model is a plain callable: a list of texts in, signed scores s ∈ [−1, 1] out.
 The environment pays (s + 1)/2 per student reply.

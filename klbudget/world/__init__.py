@@ -1,4 +1,5 @@
-"""The default world (SYSTEM.md §4): τ, the world's student, the corpus and the imitator.
+"""The default world (docs/design.md, "The world"): τ, the world's student, the corpus and the
+imitator.
 
 config.py       WorldConfig and its stable hash
 pools.py        real chat lines from chitchat-dataset, sorted into classes by fixed rules

@@ -1,4 +1,4 @@
-"""Configuration of the default world (SYSTEM.md §4) and its stable hash.
+"""Configuration of the default world (docs/design.md, "The world") and its stable hash.
 
 The hash names cached artefacts (corpora, imitators): two configs with the same fields give
 the same hash on every machine, and a change to the generating code is signalled by bumping
@@ -23,7 +23,8 @@ def stable_hash(payload: object, length: int = 12) -> str:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """The trusted teacher τ, the world's student and the demonstration corpus (SYSTEM.md §4)."""
+    """The trusted teacher τ, the world's student and the demonstration corpus (docs/design.md, "The
+    world")."""
 
     seed: int = 0  # seeds the sentence pools, the style subsets and every transcript
     n_train: int = 4000  # demonstration transcripts in the training split

@@ -1,4 +1,4 @@
-"""The default world and its seeded demonstration corpus (SYSTEM.md §4).
+"""The default world and its seeded demonstration corpus (docs/design.md, "The world").
 
 A world folder holds
 

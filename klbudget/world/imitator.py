@@ -1,7 +1,8 @@
-"""The imitator β: a small causal transformer trained on τ's demonstrations (SYSTEM.md §1, §4).
+"""The imitator β: a small causal transformer trained on τ's demonstrations (docs/design.md, "The
+question", "The world").
 
 Maximum likelihood on whole transcripts (teacher and student tokens: β is also the student
-simulator of SYSTEM.md §2):
+simulator of docs/design.md, "Mechanics"):
 
     min_θ  E_{x ~ corpus} [ -Σ_t log β_θ(x_t | x_{<t}) ]
 
@@ -404,10 +405,11 @@ def student_reward_probe(
     """Mean (s + 1)/2 of β's student reply to one teacher turn, per τ class and for silence.
 
     For each class, ``samples`` of its sentences (spread over the pool) are written as the
-    first teacher turn; β writes the student's reply at ``temperature`` (as SYSTEM.md §2's
-    environment does) and VADER scores it. "empty" is the turn with no content (its samples
-    share one input, so at this temperature they are nearly one reply). A diagnostic of
-    whether honest teaching earns reward under β's student; nothing here trains anything.
+    first teacher turn; β writes the student's reply at ``temperature`` (as the
+    environment does, docs/design.md, "Environment") and VADER scores it. "empty" is the turn with
+    no content (its samples share one input, so at this temperature they are nearly one reply). A
+    diagnostic of whether honest teaching earns reward under β's student; nothing here trains
+    anything.
     """
     fmt = world.fmt
     gen = torch.Generator().manual_seed(seed)
@@ -520,9 +522,9 @@ def train_imitator(
 
 
 def ensemble_configs(cfg: ImitatorConfig, k: int) -> list[ImitatorConfig]:
-    """Configs of a K-member ensemble (SYSTEM.md §5): member 0 is ``cfg`` itself (the single
-    imitator, fitted on the whole split); member j ≥ 1 has seed ``cfg.seed + j`` and bootstrap
-    resample j."""
+    """Configs of a K-member ensemble (docs/design.md, "Pessimistic bases"): member 0 is ``cfg``
+    itself (the single imitator, fitted on the whole split); member j ≥ 1 has seed ``cfg.seed + j``
+    and bootstrap resample j."""
     if k < 1:
         raise ValueError(f"an ensemble needs at least one member, got {k}")
     return [cfg] + [replace(cfg, seed=cfg.seed + j, bootstrap=j) for j in range(1, k)]

@@ -32,9 +32,9 @@ def history_before_teacher_turn(fmt: ChatFormat, text: str) -> list[tuple[str, s
 class TauOracle:
     """τ for conversations in a ChatEnv: its next-token distribution, help, annotations.
 
-    As the environment's `demonstrator` (help, SYSTEM.md §5), τ writes the next teacher token
-    (`help_mode="token"`) or the rest of the teacher turn (`"turn"`), sampled with the
-    environment's generator. After a turn prefix that τ could never have written, τ has no
+    As the environment's `demonstrator` (help, docs/design.md, "Pessimistic bases"), τ writes the
+    next teacher token (`help_mode="token"`) or the rest of the teacher turn (`"turn"`), sampled
+    with the environment's generator. After a turn prefix that τ could never have written, τ has no
     next token; asked for help there, it appends one whole turn of its own (content and
     hand-over), so a help step never produces an empty turn.
     """

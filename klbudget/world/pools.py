@@ -1,7 +1,7 @@
 """Sentence pools of the default world: real human chat lines from ``chitchat-dataset``.
 
-SYSTEM.md §4: τ writes teacher turns made of real human sentences. Every chat line of the
-dataset is a candidate; fixed, documented rules sort candidates into behaviour classes
+docs/design.md, "The world": τ writes teacher turns made of real human sentences. Every chat line of
+the dataset is a candidate; fixed, documented rules sort candidates into behaviour classes
 (teacher) and reply categories (student):
 
 teacher classes (checked in this order, so the classes are disjoint)

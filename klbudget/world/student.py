@@ -1,14 +1,14 @@
 """The world's student: real chat lines whose sentiment depends on what the teacher did.
 
-SYSTEM.md §4. Given the teacher's last turn with class c (τ's classes; "other" for a turn τ
-could never write, an empty one included):
+docs/design.md, "The world". Given the teacher's last turn with class c (τ's classes; "other" for a
+turn τ could never write, an empty one included):
 
     k ~ P(k | c) = REPLY_MIX[c]                      (reply category)
     r ~ Uniform(student pool of category k)
 
 Encouragement mostly draws positive replies, so teaching well is a way to earn the
-sentiment reward of SYSTEM.md §2. A turn τ could not write gets the average of the four
-rows: it tells the student nothing, and nothing about it (silence included) is rewarded or
+sentiment reward of docs/design.md, "Mechanics". A turn τ could not write gets the average of the
+four rows: it tells the student nothing, and nothing about it (silence included) is rewarded or
 punished on purpose.
 
 Quiet students (``quiet_students`` = p, ``quiet_rate`` = q). A conversation's student is quiet
@@ -173,7 +173,7 @@ class Student:
         return self.content(draw_index(np.cumsum(self.opener_probs(history)), rng), i)
 
     def expected_reward(self, teacher_content: str) -> float:
-        """E[(s(r) + 1) / 2] with s the VADER compound: the reward of SYSTEM.md §2 (a student
-        who is not quiet)."""
+        """E[(s(r) + 1) / 2] with s the VADER compound: the reward of docs/design.md, "Mechanics" (a
+        student who is not quiet)."""
         s = np.array([vader_compound(r) for r in self.sentences])
         return float(self.reply_probs(teacher_content) @ ((s + 1.0) / 2.0))

@@ -1,4 +1,4 @@
-"""τ, the trusted teacher, at the level of whole turns (SYSTEM.md §4).
+"""τ, the trusted teacher, at the level of whole turns (docs/design.md, "The world").
 
 Generative model of one conversation, with a latent style s drawn once per conversation:
 
@@ -29,7 +29,7 @@ where t' is the last earlier teacher turn τ could have written (``opener_persis
 independently of the body, so P(o, u | h) = P(o | h) · P(u | h). Copying the opener from the
 last teacher turn predicts it almost surely, and the pool is too large to memorise per
 conversation: an imitator learns to copy, in context, what followed the teacher tag before
-(the in-context learning of SYSTEM.md §4), while τ itself never writes an empty turn.
+(the in-context learning of docs/design.md, "The world"), while τ itself never writes an empty turn.
 
 Any history is allowed. Student replies are read as text (reply_category: '?' then VADER), so
 replies outside the student pool are fine. Previous teacher turns that τ could never have

@@ -1,9 +1,9 @@
 """τ at the level of tokens: log τ(next teacher token | transcript so far), exactly.
 
-SYSTEM.md §4. A teacher turn with content u is the piece y(u) = " " + u + "\\n\\nStudent:",
-tokenized canonically on its own (tokenizer.py explains why that is also its tokenization
-inside the transcript). τ's distribution over the token sequence of the current turn is the
-image of its turn distribution P(u | h) (teacher.py) under u ↦ ids(y(u)):
+docs/design.md, "The world". A teacher turn with content u is the piece y(u) = " " + u +
+"\\n\\nStudent:", tokenized canonically on its own (tokenizer.py explains why that is also its
+tokenization inside the transcript). τ's distribution over the token sequence of the current turn is
+the image of its turn distribution P(u | h) (teacher.py) under u ↦ ids(y(u)):
 
     τ(v | h, y_{<t}) = Σ_{u: ids(y(u)) starts with y_{<t} v} P(u | h)
                        / Σ_{u: ids(y(u)) starts with y_{<t}} P(u | h)

@@ -1,4 +1,5 @@
-"""Byte-level BPE for the world, and the canonical tokenization of turns (SYSTEM.md §2, §4).
+"""Byte-level BPE for the world, and the canonical tokenization of turns (docs/design.md,
+"Mechanics", "The world").
 
 A transcript is the prompt followed by one *piece* per turn: a teacher piece is
 " " + content + "\\n\\nStudent:" and a student piece " " + content + "\\n\\nTeacher:".

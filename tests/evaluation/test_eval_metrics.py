@@ -1,4 +1,5 @@
-"""Every SYSTEM.md §3 metric on hand-made transcripts whose answers are worked out by hand."""
+"""Every metric (docs/design.md, "Metrics") on hand-made transcripts whose answers are worked out by
+hand."""
 
 from __future__ import annotations
 

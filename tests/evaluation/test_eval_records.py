@@ -109,7 +109,7 @@ def test_split_turns_by_speaker_runs() -> None:
 
 def test_split_turns_decides_on_text_not_tokens() -> None:
     # The hand-over split over three tokens and a whitespace-only content: still one
-    # completed, empty teacher turn (SYSTEM.md §2: by content, on decoded text).
+    # completed, empty teacher turn (docs/design.md, "Mechanics": by content, on decoded text).
     b = EpisodeBuilder()
     b.teacher(["  ", "\n\n", "Student", ":"])
     b.student([" hi", HAND_BACK])
