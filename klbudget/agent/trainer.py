@@ -1,15 +1,12 @@
 """Training loop: learn → collect episodes → PPO update → log → checkpoint.
 
-The budget ramps linearly from 0 to its full value over the first `ramp_fraction` of
-training (docs/design.md, "Mechanics"). Logs and checkpoints follow docs/run-folder.md. Ctrl-C
-(SIGINT) or SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint first;
-`resume=True` continues from the newest checkpoint, even after SIGKILL.
-
-With `agent.kind = "penalty"` the agent is a KL-penalty agent instead (`[penalty]`): it plays
-π = softmax(z + log β) with no budget (episodes are played at budget +inf, nothing is
-spent), and pays λ·est per agent token either in its reward (`where = "reward"`) or in its
-loss (`where = "loss"`). λ is fixed or follows `klbudget.core.penalty.AdaptiveKL`; its
-current value is saved with the checkpoint's counters (`penalty_coef`).
+The trainer trains the parts it is given: the environment (built by `klbudget.compose`
+unless passed in) and the KL control of the config (`klbudget.agent.kl_control`: a hard
+per-episode budget, ramped up over training, or a fixed or adaptive KL penalty), which
+says what each episode's budget is, what the rollout and the update pay, and what is
+logged and checkpointed. Logs and checkpoints follow docs/run-folder.md. Ctrl-C (SIGINT)
+or SIGTERM asks the loop to stop at the next safe point, where it saves a checkpoint
+first; `resume=True` continues from the newest checkpoint, even after SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from klbudget.agent.distributed import SINGLE, Group
+from klbudget.agent.kl_control import make_kl_control
 from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.ppo import (
     Batch,
     ExtraLoss,
     HiddenLogp,
-    KLPenaltyLoss,
     NonFiniteError,
     combine,
     ppo_update,
@@ -40,8 +37,6 @@ from klbudget.agent.ppo import (
 from klbudget.agent.rollout import Episode, run_episode
 from klbudget.compose import build_env
 from klbudget.config import Config, to_toml
-from klbudget.core.budget import ramp
-from klbudget.core.penalty import controller
 from klbudget.envs.chat import ChatEnv
 from klbudget.runs import folder as rf
 
@@ -105,10 +100,8 @@ class Trainer:
         self.env = env or build_env(cfg)
         base = self.env.base
         obs_dim = base.feature_dim + 2
-        penalized = cfg.agent.kind == "penalty"
-        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=not penalized)
-        p = cfg.penalty
-        self.penalty = controller(p.coef, p.target, p.horizon, p.clip) if penalized else None
+        self.kl = make_kl_control(cfg)
+        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=self.kl.mixture)
         self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
         eps = cfg.ppo.adam_eps
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
@@ -139,8 +132,7 @@ class Trainer:
         meta = rf.load_checkpoint(self.run_dir, stem, *self._state())
         c = meta["counters"]
         self.counters = Counters(c["update"], c["agent_steps"], c["episodes"], c["wall_s"])
-        if self.penalty is not None and "penalty_coef" in c:
-            self.penalty.value = float(c["penalty_coef"])
+        self.kl.load_state(c)
         if not self.group.main:
             # The checkpoint holds rank 0's random streams; the others start fresh ones.
             self.gen.manual_seed(self.cfg.train.seed + _RANK_STRIDE * self.group.rank + c["update"])
@@ -157,21 +149,16 @@ class Trainer:
             "agent_steps": c.agent_steps,
             "episodes": c.episodes,
             "wall_s": c.wall_s,
+            **self.kl.state(),
         }
-        if self.penalty is not None:
-            counters["penalty_coef"] = self.penalty.value
         return rf.save_checkpoint(
             self.run_dir, c.update, *self._state(), counters, self.cfg.train.keep_checkpoints
         )
 
     # -- loop -----------------------------------------------------------------------------
     def budget_now(self) -> float:
-        """The ramped budget; +inf for a KL-penalty agent, which has none."""
-        if self.penalty is not None:
-            return math.inf
-        b = self.cfg.budget
-        progress = self.counters.agent_steps / self.cfg.train.total_agent_steps
-        return ramp(b.total, progress, b.ramp_fraction)
+        """The budget of the episodes played now; +inf for a KL-penalty agent."""
+        return self.kl.episode_budget(self.counters.agent_steps / self.cfg.train.total_agent_steps)
 
     def collect(self) -> tuple[list[Episode], list[float]]:
         """Whole episodes until at least `tokens_per_update` agent steps (this process's share
@@ -181,9 +168,7 @@ class Trainer:
         world, rank = self.group.world, self.group.rank
         wanted = math.ceil(self.cfg.ppo.tokens_per_update / world)
         # λ as a reward penalty is paid at rollout time; as a loss term it is paid in ppo_update.
-        coef = 0.0
-        if self.penalty is not None and self.cfg.penalty.where == "reward":
-            coef = self.penalty.value
+        coef = self.kl.reward_coef()
         while steps < wanted and not self._stop:
             # Distinct across processes and updates (counters.episodes counts conversations).
             index = self.counters.episodes + len(episodes) * world + rank
@@ -223,9 +208,7 @@ class Trainer:
                     self._stop = True
                     break
                 batch = cat_batches([e.batch for e in episodes])
-                penalty_loss = None
-                if self.penalty is not None and self.cfg.penalty.where == "loss":
-                    penalty_loss = KLPenaltyLoss(self.cfg.penalty.estimator, self.penalty.value)
+                penalty_loss = self.kl.loss()
                 try:
                     stats = ppo_update(
                         self.actor, self.critic, self.actor_opt, self.critic_opt, batch,
@@ -235,27 +218,20 @@ class Trainer:
                     )  # fmt: skip
                 except NonFiniteError as err:
                     raise self._diverged(err.quantity) from err
-                if penalty_loss is not None and penalty_loss.values:
-                    vals = penalty_loss.values
-                    stats["losses/kl_penalty"] = sum(vals) / len(vals)
+                stats.update(self.kl.loss_stats())
                 stats = self._mean_stats(stats)
                 episodes, empties = self._gathered(episodes, empties)
-                stats.update(self._update_penalty(episodes))
+                stats.update(self.kl.after_update(episodes))
                 metrics = self._log(episodes, empties, stats, budget, time.perf_counter() - t0)
                 if writer is not None:
                     for name, val in metrics.items():
                         writer.add_scalar(name, val, self.counters.agent_steps)
                     writer.flush()
                 bar.update(sum(e.agent_steps for e in episodes))
-                last = (
-                    {"coef": f"{metrics['penalty/coef']:.3g}"}
-                    if self.penalty is not None
-                    else {"budget": f"{budget:.1f}"}
-                )
                 bar.set_postfix(
                     reward=f"{metrics['reward/mean']:.2f}",
                     kl=f"{metrics['kl/episode_mean']:.2f}",
-                    **last,
+                    **self.kl.postfix(metrics, budget),
                     empty=f"{metrics['episodes/empty_turn_frac']:.2f}",
                 )
                 if self.counters.update % self.cfg.train.checkpoint_every == 0:
@@ -302,24 +278,6 @@ class Trainer:
                 tensors = {f: torch.tensor(e[f], dtype=torch.float32) for f in fields}
                 out_eps.append(Episode(None, e["records"], agent_steps=e["agent_steps"], **tensors))
         return out_eps, out_empties
-
-    def _update_penalty(self, episodes: list[Episode]) -> dict[str, float]:
-        """Step λ's controller on this update's episodes; the penalty metrics ({} without)."""
-        if self.penalty is None:
-            return {}
-        used = self.penalty.value
-        kl = torch.cat([e.kl for e in episodes])
-        est = torch.cat([e.kl_estimate for e in episodes])
-        self.penalty.update(kl.mean().item(), int(kl.numel()))
-        return {
-            "penalty/coef": used,
-            "penalty/coef_next": self.penalty.value,
-            "penalty/estimate_mean": est.mean().item(),
-            "penalty/mean_episode": used * est.mean().item(),
-            "penalty/objective_mean": (torch.cat([e.returns for e in episodes]) - used * est)
-            .mean()
-            .item(),
-        }
 
     def _diverged(self, quantity: str) -> TrainingError:
         stem = rf.latest_checkpoint(self.run_dir)
@@ -371,7 +329,7 @@ class Trainer:
             "kl/episode_max": kl.max().item(),
             "kl/k1_mean": lr.mean().item(),
             "kl/k3_mean": k3.mean().item(),
-            **({} if self.penalty is not None else budget_metrics),
+            **(budget_metrics if self.kl.logs_budget() else {}),
             "episodes/empty_turn_frac": sum(empties) / len(empties),
             **stats,
         }

@@ -263,12 +263,12 @@ def test_penalty_run_saves_resumes_and_evaluates(tiny_model, tmp_path):
         assert m1["penalty/coef"] == m0["penalty/coef_next"]
     stem = rf.latest_checkpoint(run)
     saved = json.loads((run / "checkpoints" / f"{stem}.json").read_text())["counters"]
-    assert saved["penalty_coef"] == metrics[-1]["penalty/coef_next"] == first.penalty.value
+    assert saved["penalty_coef"] == metrics[-1]["penalty/coef_next"] == first.kl.coef.value
     episodes = read_jsonl(run / "episodes.jsonl")
     assert all(e["budget"] == "inf" for e in episodes)
 
     resumed = Trainer(penalty_config(tiny_model, 400), run, resume=True, progress=False)
-    assert resumed.penalty.value == saved["penalty_coef"]
+    assert resumed.kl.coef.value == saved["penalty_coef"]
     assert not resumed.actor.mixture
     for key, val in first.actor.state_dict().items():
         assert torch.equal(resumed.actor.state_dict()[key], val)
