@@ -286,7 +286,7 @@ def _base_train(args: argparse.Namespace) -> int:
 
 
 def _base_prior(args: argparse.Namespace) -> int:
-    from klbudget.config import apply_overrides, preset
+    from klbudget.config import apply_overrides, preset, with_values
     from klbudget.pipelines.prior import empty_turn_costs, speaker_survey, tag_costs
 
     world = _world_folder(args.world) if args.world else None
@@ -302,7 +302,8 @@ def _base_prior(args: argparse.Namespace) -> int:
         raise UsageError("--speakers must be >= 0")
     if world is None and any(firsts):
         raise UsageError("--first-tau above 0 needs --world (τ writes those turns)")
-    cfg = apply_overrides(preset(args.preset), [f"model.path={args.model}", *args.set]).validate()
+    cfg = with_values(preset(args.preset), {"model.path": str(args.model)})
+    cfg = apply_overrides(cfg, args.set).validate()
     if args.names:
         cfg = _with_names(cfg, args.names)
     if args.speakers:
@@ -330,7 +331,7 @@ def _with_names(cfg, names: str):
 
 
 def _base_fixed(args: argparse.Namespace) -> int:
-    from klbudget.config import apply_overrides, preset
+    from klbudget.config import apply_overrides, preset, with_values
     from klbudget.pipelines.prior import fixed_teacher, fixed_teacher_table
 
     world = _world_folder(args.world) if args.world else None
@@ -338,7 +339,8 @@ def _base_fixed(args: argparse.Namespace) -> int:
         raise UsageError("--episodes must be >= 1")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
-    cfg = apply_overrides(preset(args.preset), [f"model.path={args.model}", *args.set]).validate()
+    cfg = with_values(preset(args.preset), {"model.path": str(args.model)})
+    cfg = apply_overrides(cfg, args.set).validate()
     if args.names:
         cfg = _with_names(cfg, args.names)
     results = [

@@ -446,6 +446,18 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """`cfg` with fields set by dotted name to typed values (``{"budget.total": 20.0}``):
+    checked like a TOML file's, never parsed from text. Not validated: call `.validate()`."""
+    data: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ConfigError(f"bad field name {key!r}; expected section.key")
+        data.setdefault(section, {})[name] = value
+    return from_dict(data, cfg)
+
+
 def replace_fields(obj: Any, overrides: list[str], what: str) -> Any:
     """A frozen dataclass with `key=value` overrides applied (same parsing as `--set`)."""
     hints = typing.get_type_hints(type(obj))

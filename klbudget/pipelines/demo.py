@@ -37,7 +37,14 @@ from tqdm.auto import tqdm
 from klbudget.agent.distributed import threads_per_process
 from klbudget.agent.trainer import Trainer
 from klbudget.compose import TAU_MEMBER
-from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
+from klbudget.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    preset,
+    replace_fields,
+    with_values,
+)
 from klbudget.evaluation.records import RecordError, load_rows
 from klbudget.pipelines import DEMO_AGENTS
 from klbudget.pipelines.evaluate import evaluate_run
@@ -177,7 +184,7 @@ def run_demo(
     say(_prior_table(prior))
     if incontext is not None:
         say("[2/4] does silence pay? (the student's replies sorted by the world's pools)")
-        cfg0 = apply_overrides(base_cfg, [f"model.path={members[0].resolve()}"]).validate()
+        cfg0 = with_values(base_cfg, {"model.path": str(members[0].resolve())}).validate()
         silence = silence_pays(cfg0, REPEATED_TURNS, episodes=eval_episodes, world=world_dir)
         text = json.dumps(to_jsonable(silence), indent=1, allow_nan=False)
         atomic_write_text(out / "silence.json", text + "\n")
@@ -186,9 +193,9 @@ def run_demo(
     for kind, budget, steps in agents:
         name = run_name(kind, budget)
         # Absolute paths: a run folder's config then resumes and evaluates from any folder.
-        sets = [f"model.path={model.resolve()}", f"budget.total={budget}"]
-        sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
-        cfg = apply_overrides(base_cfg, sets)
+        sets = {"model.path": str(model.resolve()), "budget.total": budget}
+        sets |= {} if steps is None else {"train.total_agent_steps": steps}
+        cfg = with_values(base_cfg, sets)
         cfg = _with_base(cfg, kind, members, world_dir).validate()
         # L/2 and L: both inside the window β was trained on (imitator block_size), so the
         # length effect is not confounded by β leaving its training distribution.
@@ -216,7 +223,7 @@ def run_demo(
         part = dataclasses.replace(imit_cfg, train_fraction=f)
         folders = train_ensemble(world_dir, part, ensemble, cache, progress=progress)
         folders += [TAU] if tau else []
-        cfg = apply_overrides(base_cfg, [f"model.path={folders[0]}", "budget.total=0"])
+        cfg = with_values(base_cfg, {"model.path": str(folders[0]), "budget.total": 0.0})
         cfg = _with_base(cfg, "pessimistic", folders, world_dir).validate()
         row = base_alone(cfg, eval_episodes, seed=777)
         row.update(fraction=f, transcripts=read_report(folders[0])["train_transcripts"])
@@ -391,7 +398,7 @@ def empty_turn_priors(
     (β writes the student) under each member and, with ``pessimistic``, under ν_α with help;
     one row per base and number of τ turns first."""
     kind = "pessimistic" if pessimistic and len(members) > 1 else "single"
-    c = _with_base(apply_overrides(cfg, [f"model.path={members[0]}"]), kind, members, world)
+    c = _with_base(with_values(cfg, {"model.path": str(members[0])}), kind, members, world)
     rows = []
     for first in PRIOR_FIRST_TAU:
         res = empty_turn_costs(c, episodes=episodes, first_tau=first, world=world)
@@ -421,10 +428,9 @@ def _with_base(cfg: Config, kind: str, members: list[Path], world: Path) -> Conf
     if kind == "single":
         return cfg
     folders = [str(m if m == TAU else m.resolve()) for m in members[1:]]
-    return apply_overrides(cfg, [
-        f"base.kind={kind}", f"base.members={','.join(folders)}",
-        f"base.world={world.resolve()}",
-    ])  # fmt: skip
+    return with_values(cfg, {
+        "base.kind": kind, "base.members": ",".join(folders), "base.world": str(world.resolve()),
+    })  # fmt: skip
 
 
 def summary_rows(runs: list[Path]) -> list[dict]:

@@ -33,13 +33,21 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from klbudget.agent.best_of_n import keep_best, play_pool
 from klbudget.agent.trainer import Trainer
 from klbudget.compose import build_env, chat_format
-from klbudget.config import Config, ConfigError, apply_overrides, preset, replace_fields
+from klbudget.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    preset,
+    replace_fields,
+    with_values,
+)
 from klbudget.evaluation import metrics as m
 from klbudget.evaluation.records import load_episodes, load_rows
 from klbudget.evaluation.summary import set_metrics
@@ -79,14 +87,14 @@ PRESETS = {
 }
 
 
-def _settings(grid: Grid) -> list[tuple[str, float, list[str]]]:
-    """(method, value, config overrides) of every agent to train."""
-    out = [("budget", b, ["agent.kind=budget", f"budget.total={b}"]) for b in grid.budgets]
+def _settings(grid: Grid) -> list[tuple[str, float, dict[str, Any]]]:
+    """(method, value, config fields) of every agent to train."""
+    out = [("budget", b, {"agent.kind": "budget", "budget.total": b}) for b in grid.budgets]
     out += [
-        ("fixed", c, ["agent.kind=penalty", f"penalty.coef={c}", "penalty.target=0"])
+        ("fixed", c, {"agent.kind": "penalty", "penalty.coef": c, "penalty.target": 0.0})
         for c in grid.coefs
     ]
-    out += [("adaptive", t, ["agent.kind=penalty", f"penalty.target={t}"]) for t in grid.targets]
+    out += [("adaptive", t, {"agent.kind": "penalty", "penalty.target": t}) for t in grid.targets]
     return out
 
 
@@ -169,14 +177,14 @@ def run_frontier(
     world_dir = build_world(world_cfg, out / "world")
     say(f"[1/4] world -> {world_dir}; imitator (cached under {cache})", flush=True)
     model = train_imitator(world_dir, imit_cfg, cache, progress=progress)
-    base_cfg = apply_overrides(base_cfg, [f"model.path={model}"]).validate()
+    base_cfg = with_values(base_cfg, {"model.path": str(model)}).validate()
     length = base_cfg.env.length
     rows: list[dict] = []
     plan = _settings(grid)
     for i, (method, value, sets) in enumerate(plan):
         name = f"{method}_{value:g}"
         run = out / "runs" / name
-        cfg = apply_overrides(base_cfg, sets).validate()
+        cfg = with_values(base_cfg, sets).validate()
         say(f"[2/4] {i + 1}/{len(plan)} {name} -> {run}", flush=True)
         trainer = Trainer(cfg, run, progress=progress)
         trainer.learn()

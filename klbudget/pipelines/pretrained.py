@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from klbudget.agent.distributed import threads_per_process
-from klbudget.config import ConfigError, apply_overrides, preset
+from klbudget.config import ConfigError, apply_overrides, preset, with_values
 from klbudget.pipelines.demo import (
     Agent,
     AgentJob,
@@ -74,13 +74,13 @@ def run_pretrained(
     names = [run_name(kind, budget) for kind, budget, _ in agents]
     if len(set(names)) < len(names):
         raise ConfigError("give each budget once")
-    base_cfg = apply_overrides(preset(preset_name), [f"model.path={model.resolve()}",
-                                                     *(train_set or [])])  # fmt: skip
+    base_cfg = with_values(preset(preset_name), {"model.path": str(model.resolve())})
+    base_cfg = apply_overrides(base_cfg, train_set or [])
     plan = []
     for (_, budget, steps), name in zip(agents, names, strict=True):
-        sets = [f"budget.total={budget}"]
-        sets += [] if steps is None else [f"train.total_agent_steps={steps}"]
-        cfg = apply_overrides(base_cfg, sets).validate()
+        sets = {"budget.total": budget}
+        sets |= {} if steps is None else {"train.total_agent_steps": steps}
+        cfg = with_values(base_cfg, sets).validate()
         plan.append(AgentJob(cfg, out / name, f"{budget:g} nats against {model.name}",
                              eval_episodes))  # fmt: skip
     _check_lengths(model, plan)
