@@ -19,7 +19,7 @@ import math
 import torch
 
 from klbudget.agent.ppo import KLPenaltyLoss
-from klbudget.agent.rollout import Episode
+from klbudget.agent.rollout import Rollout
 from klbudget.config import Config
 from klbudget.core.budget import ramp
 from klbudget.core.penalty import controller
@@ -46,7 +46,7 @@ class KLControl:
         """Statistics of the loss term over the update just made."""
         return {}
 
-    def after_update(self, episodes: list[Episode]) -> dict[str, float]:
+    def after_update(self, episodes: list[Rollout]) -> dict[str, float]:
         """Step any controller on the update's episodes (every process's); what to log."""
         return {}
 
@@ -106,7 +106,7 @@ class Penalty(KLControl):
             return {}
         return {"losses/kl_penalty": sum(self._loss.values) / len(self._loss.values)}
 
-    def after_update(self, episodes: list[Episode]) -> dict[str, float]:
+    def after_update(self, episodes: list[Rollout]) -> dict[str, float]:
         used = self.coef.value
         kl = torch.cat([e.kl for e in episodes])
         est = torch.cat([e.kl_estimate for e in episodes])

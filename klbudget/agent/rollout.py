@@ -35,7 +35,7 @@ Oracle = Callable[[ChatEnv, Tensor], Tensor]  # (env, rows) → (R, A) log-probs
 
 
 @dataclass
-class Episode:
+class Rollout:
     batch: Batch  # agent steps, flattened row-major (conversation, time)
     records: list[dict]  # one per conversation, docs/run-folder.md schema
     returns: Tensor  # (N,) episode return
@@ -64,7 +64,7 @@ def run_episode(
     penalty_coef: float = 0.0,
     estimator: str = "k1",
     gae_lambda: float = 1.0,
-) -> Episode:
+) -> Rollout:
     """Play one episode; `budget` = 0 makes a budget agent play the base policy exactly.
 
     A KL-penalty actor plays π whatever `budget` is (pass `math.inf`: it has none).
@@ -190,7 +190,7 @@ def run_episode(
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
     records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, ref_t)
-    return Episode(
+    return Rollout(
         batch=batch,
         records=records,
         returns=rewards_t.sum(-1),

@@ -34,7 +34,7 @@ from klbudget.agent.ppo import (
     combine,
     ppo_update,
 )
-from klbudget.agent.rollout import Episode, run_episode
+from klbudget.agent.rollout import Rollout, run_episode
 from klbudget.compose import build_env
 from klbudget.config import Config, to_toml
 from klbudget.envs.chat import ChatEnv
@@ -53,11 +53,6 @@ def cat_batches(batches: list[Batch]) -> Batch:
         return HiddenLogp.cat(parts) if isinstance(parts[0], HiddenLogp) else torch.cat(parts)
 
     return Batch(*(cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))
-
-
-def empty_turn_fraction(env: ChatEnv) -> float:
-    turns = [c for row in env.teacher_turns for c in row]
-    return sum(c == "" for c in turns) / len(turns) if turns else 0.0
 
 
 @dataclass
@@ -160,7 +155,7 @@ class Trainer:
         """The budget of the episodes played now; +inf for a KL-penalty agent."""
         return self.kl.episode_budget(self.counters.agent_steps / self.cfg.train.total_agent_steps)
 
-    def collect(self) -> tuple[list[Episode], list[float]]:
+    def collect(self) -> tuple[list[Rollout], list[float]]:
         """Whole episodes until at least `tokens_per_update` agent steps (this process's share
         of them in a process group)."""
         episodes, empties = [], []
@@ -187,7 +182,7 @@ class Trainer:
                 gae_lambda=self.cfg.ppo.gae_lambda,
             )
             episodes.append(ep)
-            empties.append(empty_turn_fraction(self.env))
+            empties.append(self.env.empty_share())
             steps += ep.agent_steps
         return episodes, empties
 
@@ -256,8 +251,8 @@ class Trainer:
         return {k: v / self.group.world for k, v in zip(keys, total.tolist(), strict=True)}
 
     def _gathered(
-        self, episodes: list[Episode], empties: list[float]
-    ) -> tuple[list[Episode], list[float]]:
+        self, episodes: list[Rollout], empties: list[float]
+    ) -> tuple[list[Rollout], list[float]]:
         """Every process's episodes of this update (without their PPO batches), so that the
         logs, the counters and an adaptive λ are the same on all of them."""
         if self.group.world == 1:
@@ -276,7 +271,7 @@ class Trainer:
             out_empties += part["empties"]
             for e in part["episodes"]:
                 tensors = {f: torch.tensor(e[f], dtype=torch.float32) for f in fields}
-                out_eps.append(Episode(None, e["records"], agent_steps=e["agent_steps"], **tensors))
+                out_eps.append(Rollout(None, e["records"], agent_steps=e["agent_steps"], **tensors))
         return out_eps, out_empties
 
     def _diverged(self, quantity: str) -> TrainingError:
@@ -289,7 +284,7 @@ class Trainer:
 
     def _log(
         self,
-        episodes: list[Episode],
+        episodes: list[Rollout],
         empties: list[float],
         stats: dict[str, float],
         budget: float,

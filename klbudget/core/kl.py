@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from klbudget.core.mixture import kl_to_base
+from klbudget.core.mixture import kl_divergence
 
 __all__ = ["ESTIMATORS", "estimate", "kl_exact", "kl_k1", "kl_k2", "kl_k3"]
 
@@ -23,7 +23,7 @@ ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "exact")
 
 def kl_exact(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Exact KL(p‖q) over the last axis; +inf where p has mass outside supp(q)."""
-    return kl_to_base(log_p, log_q)
+    return kl_divergence(log_p, log_q)
 
 
 def kl_k1(log_ratio: Tensor) -> Tensor:

@@ -92,7 +92,7 @@ def _logaddexp(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(both, x, out)
 
 
-def kl_to_base(log_x: Tensor, log_b: Tensor) -> Tensor:
+def kl_divergence(log_x: Tensor, log_b: Tensor) -> Tensor:
     r"""Exact KL(x‖b) = Σ_i x_i (log x_i − log b_i); terms with x_i = 0 contribute 0.
 
     Entries with b_i = 0 < x_i give +inf.
@@ -243,7 +243,7 @@ def _mixture_autograd(log_a, log_b, k, alpha_star, kl_star) -> MixtureOut:
     kl_grad = torch.where(
         zero_alpha,
         torch.zeros_like(kl_mixed),
-        torch.where(one_alpha, kl_to_base(log_x, log_b), kl_mixed),
+        torch.where(one_alpha, kl_divergence(log_x, log_b), kl_mixed),
     )
     kl = kl_star + (kl_grad - kl_grad.detach())  # solver's value, exact gradient
     return MixtureOut(log_x, kl, alpha)

@@ -348,6 +348,13 @@ class ChatEnv:
             )
         return paid
 
+    def empty_share(self) -> float:
+        """The share of the episode's completed teacher turns so far that were empty, over
+        all conversations (0 with none completed): the live count the trainer logs; the
+        records' own measure is `klbudget.evaluation.metrics.empty_turn_fraction`."""
+        turns = [c for row in self.teacher_turns for c in row]
+        return sum(c == "" for c in turns) / len(turns) if turns else 0.0
+
     def transcript(self, i: int) -> str:
         """Decoded transcript of conversation i so far."""
         return self.text.decode(self.ids[i, : self.t].tolist())

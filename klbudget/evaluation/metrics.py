@@ -166,7 +166,7 @@ def length_effect(
 # ----------------------------------------------------------------------------- KL(π‖β)
 
 
-def kl_to_base(episode: Episode) -> tuple[float, float]:
+def episode_kl(episode: Episode) -> tuple[float, float]:
     """(exact, realized) KL(π‖β) of one episode: exact = Σ_t KL(π_t‖β_t) (the chain rule of
     KL makes this the episode-level KL), realized = Σ_t log π_t(a_t)/β_t(a_t), a one-sample
     estimate of the same. Sums run over agent tokens; other tokens carry 0 by the schema."""
@@ -174,13 +174,13 @@ def kl_to_base(episode: Episode) -> tuple[float, float]:
     return sum(t.kl for t in agent), sum(t.log_ratio for t in agent)
 
 
-def kl_to_base_summary(episodes: Sequence[Episode]) -> dict[str, object] | None:
+def episode_kl_summary(episodes: Sequence[Episode]) -> dict[str, object] | None:
     """Across episodes: the exact and realized KL(π‖β) described, the largest exact KL, and
     the share of episodes whose exact KL exceeds their budget (None for τ, which plays
     without a budget)."""
     if not episodes:
         return None
-    pairs = [kl_to_base(e) for e in episodes]
+    pairs = [episode_kl(e) for e in episodes]
     exact = [p[0] for p in pairs]
     over = [
         x > e.budget * (1 + _BUDGET_SLACK) + _BUDGET_SLACK

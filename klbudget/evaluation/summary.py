@@ -68,7 +68,7 @@ def set_metrics(episodes: Sequence[Episode], fmt: ChatFormat | None = None) -> d
         "empty_turn_frac": m.empty_turn_summary(episodes, fmt),
         "kl_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt),
         "realized_cost_nth_empty": m.kl_cost_by_empty_index(episodes, fmt, realized=True),
-        "kl_to_base": m.kl_to_base_summary(episodes),
+        "kl_to_base": m.episode_kl_summary(episodes),
         "tau_support": m.tau_support_summary(episodes),
         "ledger": m.behaviour_ledger(episodes),
         "repetition": m.repetition(episodes),

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from klbudget.agent.best_of_n import keep_best, play_pool
+from klbudget.agent.best_of_n_episodes import keep_best, play_pool
 from klbudget.agent.trainer import Trainer
 from klbudget.compose import build_env, chat_format
 from klbudget.config import (
@@ -213,7 +213,7 @@ def run_frontier(
         elif row["method"] == "budget" and kls:
             row["over_budget"] = float(np.mean(np.asarray(kls) > row["value"] * (1 + 1e-6)))
     _write_csv(out / "frontier.csv", rows)
-    from klbudget.report.frontier import frontier_report
+    from klbudget.report.frontier_page import frontier_report
 
     frontier_report(rows, out / "frontier.html", minutes=(time.perf_counter() - t0) / 60)
     say(f"[4/4] {out / 'frontier.csv'}, {out / 'frontier.html'}", flush=True)
@@ -223,7 +223,7 @@ def run_frontier(
 
 
 def _episode_kls(path: Path) -> list[float]:
-    return [m.kl_to_base(e)[0] for e in load_episodes(path)]
+    return [m.episode_kl(e)[0] for e in load_episodes(path)]
 
 
 def _final_coef(run: Path) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from klbudget.envs.format import ChatFormat
-from klbudget.evaluation.metrics import empty_turn_fraction, kl_to_base
+from klbudget.evaluation.metrics import empty_turn_fraction, episode_kl
 from klbudget.evaluation.records import Episode, RecordError, load_episodes, split_turns
 from klbudget.evaluation.summary import (
     compute_all,
@@ -572,7 +572,7 @@ def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
     for r in runs:
         fmt_r = fmt or r.fmt
         for source, e in r.samples:
-            exact, realized = kl_to_base(e)
+            exact, realized = episode_kl(e)
             frac = empty_turn_fraction(e, fmt_r)
             head = (
                 f"{html_text(r.label)} · {source} · {policy_name(e.policy)}"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from klbudget.agent.best_of_n import best_of_n_episodes
+from klbudget.agent.best_of_n_episodes import best_of_n_episodes
 from klbudget.core.best_of_n import kl_best_of_n, kl_bound
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import beta_agent_tokens, make_env
+from tests.envs.test_chat_env import beta_agent_tokens, make_env
 
 
 def test_best_of_n_keeps_the_best_beta_episode_of_each_group(fitted_tiny_model):

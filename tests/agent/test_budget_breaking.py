@@ -7,7 +7,7 @@ import torch
 
 from klbudget.agent.policy import Actor, Critic, observation
 from klbudget.agent.rollout import run_episode
-from tests.agent.test_env import make_env
+from tests.envs.test_chat_env import make_env
 
 
 def greedy_actor(obs_dim: int, num_actions: int, seed: int, scale: float) -> Actor:

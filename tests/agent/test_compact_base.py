@@ -10,7 +10,7 @@ from klbudget.agent.policy import Actor, Critic
 from klbudget.agent.ppo import HiddenLogp
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import cat_batches
-from tests.agent.test_env import make_env
+from tests.envs.test_chat_env import make_env
 
 
 def _episode(env, seed: int = 3):

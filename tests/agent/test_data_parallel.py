@@ -24,8 +24,8 @@ from klbudget.agent.ppo import Batch, ppo_update
 from klbudget.agent.trainer import Trainer
 from klbudget.config import PPOConfig, from_dict
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import beta_agent_tokens, make_env, rare_token
 from tests.agent.test_planted_reward import evaluate
+from tests.envs.test_chat_env import beta_agent_tokens, make_env, rare_token
 
 M, OBS, ACTIONS = 96, 10, 12
 

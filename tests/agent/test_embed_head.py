@@ -10,7 +10,7 @@ from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import SHORT, beta_agent_tokens, make_env, rare_token
+from tests.envs.test_chat_env import SHORT, beta_agent_tokens, make_env, rare_token
 
 
 def test_embed_head_is_the_output_layer_of_a_small_map(tiny_model):

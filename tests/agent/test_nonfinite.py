@@ -12,7 +12,7 @@ import torch
 from klbudget.agent.trainer import Trainer, TrainingError
 from klbudget.config import from_dict
 from klbudget.runs import folder as rf
-from tests.agent.test_env import SHORT
+from tests.envs.test_chat_env import SHORT
 
 
 def config(model, total: int):

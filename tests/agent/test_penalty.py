@@ -16,7 +16,7 @@ from klbudget.agent.trainer import Trainer
 from klbudget.config import PPOConfig, from_dict
 from klbudget.core.kl import estimate, kl_exact
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import SHORT, beta_agent_tokens, make_env, rare_token
+from tests.envs.test_chat_env import SHORT, beta_agent_tokens, make_env, rare_token
 
 
 def random_actor(d: int, v: int, scale: float, mixture: bool = False, seed: int = 0) -> Actor:

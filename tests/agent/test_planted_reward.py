@@ -8,7 +8,7 @@ from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict
 from klbudget.envs.wrappers import PlantedTokenReward
-from tests.agent.test_env import beta_agent_tokens, make_env, rare_token
+from tests.envs.test_chat_env import beta_agent_tokens, make_env, rare_token
 
 N_ENVS, LENGTH = 16, 60
 

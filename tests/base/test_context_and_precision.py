@@ -16,7 +16,7 @@ from klbudget.base.hf import CONTEXT_FILE, HFBase, ModelLoadError
 from klbudget.cli import main
 from klbudget.envs.chat import ChatEnv
 from tests.agent.test_budget_breaking import agent_budget_trace, greedy_actor
-from tests.agent.test_env import SHORT, constant_sentiment
+from tests.envs.test_chat_env import SHORT, constant_sentiment
 
 CONTEXT = "Teacher: Hello there, how are you today?\n\nStudent: I love this, thank you so much!\n\n"
 

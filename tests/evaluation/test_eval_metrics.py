@@ -130,7 +130,7 @@ def test_kl_to_base_exact_and_realized() -> None:
     b.teacher([" a", HAND_OVER], kl=[0.25, 0.5], log_ratio=[1.0, -0.5])
     b.student([" b", HAND_BACK])
     b.teacher([HAND_OVER], kl=[0.125], log_ratio=[0.25])
-    assert m.kl_to_base(episode(b)) == (0.875, 0.75)
+    assert m.episode_kl(episode(b)) == (0.875, 0.75)
 
 
 def test_kl_to_base_summary_counts_episodes_over_budget() -> None:
@@ -140,11 +140,11 @@ def test_kl_to_base_summary_counts_episodes_over_budget() -> None:
         episode(EpisodeBuilder(budget=2.0).teacher([HAND_OVER], kl=[1.5])),
         episode(EpisodeBuilder(budget=1.0).teacher([HAND_OVER], kl=[1.0])),  # on the budget
     ]
-    s = m.kl_to_base_summary(eps)
+    s = m.episode_kl_summary(eps)
     assert s is not None
     assert s["over_budget_frac"] == 0.25
     assert s["exact_max"] == 1.5 and s["exact"]["mean"] == 1.125
-    assert m.kl_to_base_summary([]) is None
+    assert m.episode_kl_summary([]) is None
 
 
 # ----------------------------------------------------------------------------- τ
@@ -283,7 +283,7 @@ def test_empty_turn_metrics_match_construction(turns: list[tuple[bool, float]], 
     n_empty = sum(e for e, _ in turns)
     assert m.empty_turn_fraction(ep) == pytest.approx(n_empty / len(turns))
     assert m.empty_turn_kl_costs(ep) == pytest.approx([kl for e, kl in turns if e])
-    exact, _ = m.kl_to_base(ep)
+    exact, _ = m.episode_kl(ep)
     expected = sum(kl if e else 2 * kl for e, kl in turns) + (1.0 if tail else 0.0)
     assert exact == pytest.approx(expected)
     for share in m.repetition([ep]).values():
