@@ -107,9 +107,17 @@ def _train_with(cfg, out: Path, resume: bool, progress: bool) -> int:
     return 130 if trainer._stop else 0
 
 
+def _fresh_out(out: Path, force: bool, what: str) -> None:
+    """Refuse an --out that already holds files unless --force (nothing is touched)."""
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} already holds files; choose a new folder for the {what} "
+                         "or pass --force to write over them")  # fmt: skip
+
+
 def _models(args: argparse.Namespace) -> int:
     from klbudget.base.convert import convert_smollm2
 
+    _fresh_out(Path(args.out), False, "model")
     out = convert_smollm2(args.out)
     print(f"wrote {out}")
     return 0
@@ -119,6 +127,9 @@ def _theory(args: argparse.Namespace) -> int:
     from klbudget.theory.lab import run
 
     out = Path(args.out)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    _fresh_out(out, args.force, "theory lab")
     run(out, seed=args.seed, progress=True)
     print(f"theory lab written to {out}")
     return 0
@@ -252,6 +263,9 @@ def _world_build(args: argparse.Namespace) -> int:
     from klbudget.world import WorldConfig, build_world
 
     cfg = replace_fields(WorldConfig(), args.set, "world")
+    out = Path(args.out)
+    if not (out / "world.json").is_file():  # a complete world of the same hash is reused
+        _fresh_out(out, args.force, "world")
     try:
         out = build_world(cfg, args.out)
     except FileExistsError as err:
@@ -399,8 +413,15 @@ def _add_set(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str
     parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, with a pointer to --help, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="klbudget",
         description="KL-budgeted RL of language models against imitative base policies.",
     )
@@ -519,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = w.add_subparsers(dest="world_cmd", required=True)
     wb = wsub.add_parser("build", help="write the seeded demonstration corpus")
     wb.add_argument("--out", required=True)
+    wb.add_argument("--force", action="store_true", help="write into a folder holding files")
     _add_set(wb, "--set", "KEY=VALUE", "override a WorldConfig field (repeatable)")
     wb.set_defaults(func=_world_build)
 
@@ -595,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)
     th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--force", action="store_true", help="write into a folder holding files")
     th.set_defaults(func=_theory)
     return p
 

@@ -1,0 +1,47 @@
+"""Commands refuse an --out that holds files unless --force, and usage errors are one line
+with a pointer to --help; nothing is written either way."""
+
+from __future__ import annotations
+
+import pytest
+
+from klbudget.cli import main
+
+
+def _snapshot(folder):
+    return sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["theory", "--out", "{out}"],
+        ["world", "build", "--out", "{out}"],
+        ["models", "smollm2", "--out", "{out}"],
+    ],
+    ids=["theory", "world", "models"],
+)
+def test_an_out_holding_files_is_refused(tmp_path, capsys, argv):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    code = main([a.format(out=out) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "already holds files" in err[0]
+    assert _snapshot(out) == before and (out / "notes.txt").read_text() == "mine"
+
+
+def test_usage_errors_are_one_line_with_a_hint(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert len(err) == 1 and "see klbudget eval --help" in err[0]
+
+
+def test_a_negative_theory_seed_is_refused(tmp_path, capsys):
+    out = tmp_path / "lab"
+    assert main(["theory", "--out", str(out), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    assert not out.exists()
