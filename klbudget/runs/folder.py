@@ -217,7 +217,28 @@ def _meta_problem(meta: Any) -> str | None:
 
 
 def truncate_logs(run_dir: Path, sizes: dict[str, int]) -> None:
-    """Cut the JSONL logs back to their sizes at checkpoint time."""
+    """Cut the JSONL logs back to their sizes at checkpoint time, after checking every one:
+    a log that is missing, shorter than then, or whose first `size` bytes are not whole
+    JSON lines stops the resume (RunFolderError) before any log is cut."""
+    for log, size in sizes.items():
+        p = run_dir / log
+        if size == 0:
+            continue
+        if not p.is_file():
+            raise RunFolderError(f"{p} is missing (it held {size} bytes at the checkpoint); "
+                                 "cannot resume without it")  # fmt: skip
+        if p.stat().st_size < size:
+            raise RunFolderError(f"{p} is shorter ({p.stat().st_size} bytes) than at the "
+                                 f"checkpoint ({size}); cannot resume over it")  # fmt: skip
+        with open(p, "rb") as fh:
+            head = fh.read(size)
+        if not head.endswith(b"\n"):
+            raise RunFolderError(f"{p}: its first {size} bytes do not end a line; corrupt")
+        for n, line in enumerate(head.splitlines(), 1):
+            try:
+                json.loads(line)
+            except ValueError as err:
+                raise RunFolderError(f"{p}:{n}: not a JSON line ({err}); corrupt") from err
     for log, size in sizes.items():
         p = run_dir / log
         if p.exists() and p.stat().st_size > size:

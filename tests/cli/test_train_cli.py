@@ -222,3 +222,26 @@ def test_demo_agents_bad_input(tmp_path, args, needle):
     assert needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "short"])
+def test_resume_over_a_damaged_log_stops_and_changes_nothing(tiny_model, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, tiny_model)
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    if damage == "missing":
+        metrics.unlink()
+    elif damage == "garbled":
+        metrics.write_text(lines[0][:-3] + "@@\n" + "".join(lines[1:]))
+    else:
+        metrics.write_text("".join(lines[:-1]))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    code = main(["train", "--out", str(out), "--resume", "--no-progress",
+                 "--set", "train.total_agent_steps=600"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "cannot resume" in err[0] or "corrupt" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
