@@ -481,6 +481,16 @@ COLUMNS = (  # key, header, width, format
 )
 
 
+def _cell(value, width: int, spec: str) -> str:
+    """A number for reading: "—" where it does not apply (NaN), never "-0.000"."""
+    if isinstance(value, float) and math.isnan(value):
+        return f"{'—':>{width}}"
+    text = f"{value:{spec}}"
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]
+    return f"{text:>{width}}"
+
+
 def summary_table(rows: list[dict]) -> str:
     # No help without a pessimistic base, no τ columns without a world.
     optional = ("help", "outside", "kl_tau")
@@ -489,7 +499,7 @@ def summary_table(rows: list[dict]) -> str:
     head = f"{'run':<16} {'policy':<6} {'L':>4} " + " ".join(f"{h:>{w}}" for _, h, w, _ in cols)
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = " ".join(f"{r[k]:>{w}{f}}" for k, _, w, f in cols)
+        cells = " ".join(_cell(r[k], w, f) for k, _, w, f in cols)
         lines.append(f"{r['run']:<16} {r['policy']:<6} {r['L']:>4} {cells}")
     lines.append(
         "replies: paid student replies per episode. "
