@@ -197,13 +197,32 @@ def metric_rows(runs: Sequence[RunData], rows: Sequence[tuple[str, str]]) -> str
     )
 
 
-def policy_name(policy: str) -> str:
+BASE_NAMES = {"single": "β", "bayes": "ξ (Bayes mixture)", "pessimistic": "ν_α with help"}
+
+
+def base_name(run: RunData) -> str:
+    """The run's base as its config records it: β, ξ or ν_α with help."""
+    kind = ((run.config or {}).get("base") or {}).get("kind", "single")
+    return BASE_NAMES.get(kind, str(kind))
+
+
+def policy_text(policy: str, runs: RunData | Sequence[RunData] | None = None) -> str:
+    """Plain display name of a policy; "base" names the base of `runs` (one run, or several
+    side by side: "base β / ν_α with help" when they differ)."""
+    if policy == "base" and runs is not None:
+        runs = [runs] if isinstance(runs, RunData) else list(runs)
+        names = list(dict.fromkeys(base_name(r) for r in runs)) or ["β"]
+        return "base " + " / ".join(names)
+    return POLICY_NAME.get(policy, policy)
+
+
+def policy_name(policy: str, runs: RunData | Sequence[RunData] | None = None) -> str:
     """HTML display name of a policy ("agent π", "base β", "τ", or the escaped name)."""
-    return html_text(POLICY_NAME.get(policy, policy))
+    return html_text(policy_text(policy, runs))
 
 
-def set_title(policy: str, length: int) -> str:
-    return f"{policy_name(policy)}, L = {length}"
+def set_title(policy: str, length: int, runs: Sequence[RunData] | None = None) -> str:
+    return f"{policy_name(policy, runs)}, L = {length}"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -257,7 +276,7 @@ def headline_section(runs: Sequence[RunData]) -> str:
                 for key, _ in HEADLINE
             )
             rows.append(
-                f'<tr><th scope="row">{html_text(r.label)}: {policy_name(s["policy"])}, '
+                f'<tr><th scope="row">{html_text(r.label)}: {policy_name(s["policy"], r)}, '
                 f"L = {longest}</th>{values}</tr>"
             )
     if not rows:
@@ -278,7 +297,7 @@ def summary_section(runs: Sequence[RunData]) -> str:
         prefix = f"eval.{policy}_L{length}."
         body.append(
             f'<tr class="group"><th colspan="{len(runs) + 1}">eval: '
-            f"{set_title(policy, length)}</th></tr>"
+            f"{set_title(policy, length, runs)}</th></tr>"
         )
         body.append(metric_rows(runs, [(prefix + k, name) for k, name in SET_ROWS]))
     policies = sorted(
@@ -288,7 +307,7 @@ def summary_section(runs: Sequence[RunData]) -> str:
         f'<tr class="group"><th colspan="{len(runs) + 1}">calibration (held-out '
         "log-loss, nats per teacher token)</th></tr>"
     )
-    cal = [(f"calibration.{p}.loss", policy_name(p)) for p in policies]
+    cal = [(f"calibration.{p}.loss", policy_name(p, runs)) for p in policies]
     body.append(metric_rows(runs, [*cal, ("calibration.agent_minus_base", "agent − base")]))
     return (
         '<section id="summary"><h2>Summary</h2>'
@@ -314,7 +333,9 @@ def empty_frac_table(runs: Sequence[RunData]) -> str:
                 )
             )
             cells.append(f"<td>{text}</td>")
-        rows.append(f'<tr><th scope="row">{set_title(policy, length)}</th>{"".join(cells)}</tr>')
+        rows.append(
+            f'<tr><th scope="row">{set_title(policy, length, runs)}</th>{"".join(cells)}</tr>'
+        )
     return _table(runs, "eval set", rows, "mean [q25, q75] across episodes")
 
 
@@ -343,7 +364,7 @@ def kl_nth_table(runs: Sequence[RunData], max_n: int = 10) -> str:
 
 def length_table(runs: Sequence[RunData]) -> str:
     rows = [
-        f"<tr><td>{html_text(r.label)}</td><td>{policy_name(e['policy'])}"
+        f"<tr><td>{html_text(r.label)}</td><td>{policy_name(e['policy'], r)}"
         f"</td><td>{e['L']}</td><td>{e['L2']}</td><td>{fmt_num(e['empty_frac_L'])}</td>"
         f"<td>{fmt_num(e['empty_frac_2L'])}</td><td>{fmt_num(e['delta'])}</td></tr>"
         for r in runs
@@ -367,7 +388,7 @@ def ledger_table(runs: Sequence[RunData]) -> str:
         if not any(ledgers.values()):
             continue
         classes = sorted({c for led in ledgers.values() for c in led or {}})
-        head = "".join(f"<th>{html_text(POLICY_NAME[p])}</th>" for p in ledgers)
+        head = "".join(f"<th>{policy_name(p, r)}</th>" for p in ledgers)
         rows = "".join(
             f'<tr><th scope="row">{html_text(c)}</th>'
             + "".join(
@@ -393,9 +414,7 @@ def repetition_table(runs: Sequence[RunData]) -> str:
     cols = [c for c in cols if c[2]]
     if not cols:
         return ""
-    head = "".join(
-        f"<th>{html_text(r.label)}<br>{html_text(POLICY_NAME[p])}</th>" for r, p, _ in cols
-    )
+    head = "".join(f"<th>{html_text(r.label)}<br>{policy_name(p, r)}</th>" for r, p, _ in cols)
     rows = "".join(
         f'<tr><th scope="row">{n}</th>'
         + "".join(f"<td>{fmt_num(rep.get(str(n)))}</td>" for _, _, rep in cols)
@@ -575,7 +594,7 @@ def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
             exact, realized = episode_kl(e)
             frac = empty_turn_fraction(e, fmt_r)
             head = (
-                f"{html_text(r.label)} · {source} · {policy_name(e.policy)}"
+                f"{html_text(r.label)} · {source} · {policy_name(e.policy, r)}"
                 f" · L = {e.length} · episode {e.episode} · return {fmt_num(e.return_)}"
                 f" · KL(π‖β) exact {fmt_num(exact)}, realized {fmt_num(realized)}"
                 f" · empty-turn fraction {fmt_num(frac)}"
@@ -710,7 +729,7 @@ def build_report(
         raise ReportError(f"{out}: is a directory, expected an .html file path")
     runs = [load_run(Path(p), fmt=fmt, n_samples=n_samples) for p in run_dirs]
     _unique_labels(runs)
-    labelled = [(r.label, r.metrics) for r in runs]
+    labelled = [(r.label, {**r.metrics, "base_name": base_name(r)}) for r in runs]
     plots = {name: fn(labelled) for name, _, fn in PLOTS}
     page = render(runs, plots, fmt)  # before anything is written: a bad input writes nothing
     files = out.with_name(out.stem + "_files")

@@ -28,6 +28,16 @@ POLICY_NAME = {"agent": "agent π", "base": "base β", "tau": "τ"}
 _RC = {"text.parse_math": False, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
+def pname(policy: str, runs: Sequence[RunMetrics] | dict[str, Any]) -> str:
+    """Display name of a policy; "base" names the base the runs record (`base_name`, set
+    by the report from each run's config): β, ξ or ν_α with help, joined when they differ."""
+    if policy != "base":
+        return POLICY_NAME.get(policy, label(policy))
+    metrics = [runs] if isinstance(runs, dict) else [mt for _, mt in runs]
+    names = list(dict.fromkeys(mt.get("base_name", "β") for mt in metrics)) or ["β"]
+    return "base " + " / ".join(names)
+
+
 def colour(i: int) -> str:
     """Colour of the i-th run (matplotlib's tab10 cycle)."""
     return f"C{i % 10}"
@@ -161,7 +171,7 @@ def empty_frac_plot(runs: Sequence[RunMetrics]) -> bytes | None:
                     error_kw={"elinewidth": 0.8},
                 )
                 drawn = True
-        ax.set_xticks(range(len(keys)), [f"{POLICY_NAME.get(p, label(p))}\nL={n}" for p, n in keys])
+        ax.set_xticks(range(len(keys)), [f"{pname(p, runs)}\nL={n}" for p, n in keys])
         ax.set(
             ylabel="empty / completed teacher turns",
             ylim=(0, 1.05),
@@ -239,7 +249,7 @@ def length_effect_plot(runs: Sequence[RunMetrics]) -> bytes | None:
                     POLICY_STYLE.get(row["policy"], "-."),
                     marker="o",
                     color=colour(i),
-                    label=f"{label(name)}: {POLICY_NAME.get(row['policy'], label(row['policy']))}",
+                    label=f"{label(name)}: {pname(row['policy'], mt)}",
                 )
                 drawn = True
         lengths = sorted(
@@ -282,7 +292,7 @@ def ledger_plot(runs: Sequence[RunMetrics]) -> bytes | None:
                     [k + (j - 1) * width for k in range(len(classes))],
                     [led.get(c, 0.0) for c in classes],
                     width=width,
-                    label=POLICY_NAME[p],
+                    label=pname(p, mt),
                     color=("0.55", "C0", "C3")[j],
                 )
             ax.set_xticks(range(len(classes)), [label(c) for c in classes], rotation=30, ha="right")
@@ -312,7 +322,7 @@ def repetition_plot(runs: Sequence[RunMetrics]) -> bytes | None:
                         POLICY_STYLE[p],
                         marker=".",
                         color=colour(i),
-                        label=f"{label(name)}: {POLICY_NAME[p]}",
+                        label=f"{label(name)}: {pname(p, mt)}",
                     )
                     drawn = True
         ax.set_xticks(range(1, 11))
@@ -352,7 +362,7 @@ def calibration_plot(runs: Sequence[RunMetrics]) -> bytes | None:
                     xs.append(i + (j - (len(policies) - 1) / 2) * width)
                     ys.append(loss)
             if xs:
-                ax.bar(xs, ys, width=width, label=POLICY_NAME.get(p, label(p)))
+                ax.bar(xs, ys, width=width, label=pname(p, runs))
                 drawn = True
         ax.set_xticks(range(len(runs)), [label(n) for n, _ in runs])
         ax.set(ylabel="nats per teacher token", title="calibration: held-out log-loss")

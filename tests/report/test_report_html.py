@@ -289,3 +289,17 @@ def test_report_reads_a_run_killed_mid_write(tmp_path: Path) -> None:
         cut = build_report([run], tmp_path / "cut.html").read_text()
     # The same numbers as before the cut line was added (the file paths aside).
     assert Page(cut).cells == Page(whole).cells
+
+
+def test_base_labels_name_each_runs_own_base(tmp_path: Path) -> None:
+    """A pessimistic run's base is ν_α with help wherever the report names it, a single
+    run's β; a header shared by both names both."""
+    pess = make_run(tmp_path / "pess")
+    (pess / "config.toml").write_text('[base]\nkind = "pessimistic"\n', encoding="utf-8")
+    single = make_run(tmp_path / "single")
+    html = build_report([pess], tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "base ν_α with help" in html
+    assert "base β" not in html
+    both = build_report([pess, single], tmp_path / "b.html").read_text(encoding="utf-8")
+    assert "pess: base ν_α with help" in both and "single: base β" in both
+    assert "base ν_α with help / β" in both
