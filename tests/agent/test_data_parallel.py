@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,35 @@ def test_cli_processes_writes_one_run_folder(tiny_model, tmp_path, resume):
         assert again.returncode == 2
         assert again.stderr.strip().endswith("use --resume or choose a new --out")
         assert (run / "metrics.jsonl").read_text().splitlines() == first
+
+
+def _records(run: Path) -> tuple[list[dict], str]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if not k.startswith("time/") or k in (
+        "time/agent_steps", "time/update")} for r in rows]  # fmt: skip
+    return rows, (run / "episodes.jsonl").read_text()
+
+
+def test_torchrun_trains_as_processes_2(tiny_model, tmp_path):
+    """Two processes under torchrun (env:// rendezvous, as accelerate or a cluster scheduler
+    would start them) write the same records as `--processes 2`."""
+    cfg = [
+        "--set", f"model.path={tiny_model}", "--set", "env.n_envs=4", "--set", "env.length=120",
+        "--set", "ppo.tokens_per_update=128", "--set", "ppo.minibatch=64",
+        "--set", "train.total_agent_steps=256", "--no-progress",
+    ]  # fmt: skip
+    spawned, launched = tmp_path / "spawned", tmp_path / "launched"
+    done = subprocess.run(
+        [sys.executable, "-m", "klbudget", "train", "--out", str(spawned), "--processes", "2",
+         *cfg], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "klbudget", "train", "--out", str(launched), *cfg],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "processes: 2" in done.stdout
+    assert _records(launched) == _records(spawned)
