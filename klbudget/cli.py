@@ -114,6 +114,16 @@ def _fresh_out(out: Path, force: bool, what: str) -> None:
                          "or pass --force to write over them")  # fmt: skip
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from klbudget.pipelines.sweep import run_sweep
+
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
+    run_sweep(args.grid, args.seeds, args.out, jobs=args.jobs, backend=args.backend,
+              address=args.address, cache=args.cache)  # fmt: skip
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from klbudget.base.convert import convert_smollm2
 
@@ -613,6 +623,18 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--heldout", type=int, default=24, help="held-out transcripts scored")
     bc.add_argument("--out", required=True, help="imitator folder to create (must be new)")
     bc.set_defaults(func=_base_context)
+
+    sw = sub.add_parser("sweep", help="a grid of config values × seeds, trained, evaluated, "
+                        "summarized with 95% intervals (resumable)")  # fmt: skip
+    sw.add_argument("--grid", required=True, help="grid file (TOML; klbudget/pipelines/sweep.py)")
+    sw.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell")
+    sw.add_argument("--out", required=True, help="sweep folder (created, or continued)")
+    sw.add_argument("--jobs", type=int, default=0, help="runs at once (default: the cores)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="local process pool, or Ray tasks")  # fmt: skip
+    sw.add_argument("--address", default="", help="Ray cluster address (default: a local one)")
+    sw.add_argument("--cache", default="models", help="cache root for trained imitators")
+    sw.set_defaults(func=_sweep)
 
     th = sub.add_parser("theory", help="exact theory lab on small model classes")
     th.add_argument("--out", required=True)

@@ -458,6 +458,19 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
     return from_dict(data, cfg)
 
 
+def replace_typed(obj: Any, values: dict[str, Any], what: str) -> Any:
+    """A frozen dataclass with fields set to typed values (checked like a TOML file's)."""
+    hints = typing.get_type_hints(type(obj))
+    unknown = [k for k in values if k not in hints]
+    if unknown:
+        raise ConfigError(f"unknown {what} field {unknown[0]!r}; keys: {', '.join(hints)}")
+    changes = {k: _coerce(v, hints[k], f"{what}.{k}") for k, v in values.items()}
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as err:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(f"bad {what} value: {err}") from err
+
+
 def replace_fields(obj: Any, overrides: list[str], what: str) -> Any:
     """A frozen dataclass with `key=value` overrides applied (same parsing as `--set`)."""
     hints = typing.get_type_hints(type(obj))

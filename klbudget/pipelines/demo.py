@@ -271,6 +271,30 @@ class AgentJob:
     run: Path
     label: str
     eval_episodes: int
+    resume: bool = False  # continue the run folder from its newest checkpoint
+    world: Path | None = None  # the world τ judges this job's evaluation in (else the caller's)
+
+
+def check_eval_lengths(plan: list[AgentJob]) -> None:
+    """Each agent is evaluated at L/2 and L: both must hold the prompt and more."""
+    from transformers import AutoTokenizer
+
+    from klbudget.base.hf import resolve_model
+
+    tokenizers = {}
+    for job in plan:
+        folder = resolve_model(job.cfg.model.path)[0]
+        if folder not in tokenizers:
+            try:
+                tokenizers[folder] = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"cannot load the tokenizer in {folder}: {err}") from err
+        ids = tokenizers[folder](job.cfg.env.prompt, add_special_tokens=False)["input_ids"]
+        if job.cfg.env.length // 2 <= len(ids):
+            raise ConfigError(
+                f"env.length = {job.cfg.env.length}: the evaluation at L/2 needs more than the "
+                f"prompt's {len(ids)} tokens (env.length above {2 * len(ids) + 1})"
+            )
 
 
 def job_count(jobs: int, agents: int) -> int:
@@ -290,7 +314,7 @@ def train_and_evaluate(job: AgentJob, world: Path | None, *, threads: int, progr
     stopped the training early."""
     if threads > 0:
         torch.set_num_threads(threads)
-    done = Trainer(job.cfg, job.run, progress=progress).learn()
+    done = Trainer(job.cfg, job.run, resume=job.resume, progress=progress).learn()
     if done.agent_steps < job.cfg.train.total_agent_steps:
         return False
     length = job.cfg.env.length
@@ -302,7 +326,8 @@ def train_and_evaluate(job: AgentJob, world: Path | None, *, threads: int, progr
 def _agent_process(job: AgentJob, world: Path | None, threads: int, errors) -> None:
     """A worker: the job, its exception sent back to the caller, exit code 1 on failure."""
     try:
-        finished = train_and_evaluate(job, world, threads=threads, progress=False)
+        where = job.world if job.world is not None else world
+        finished = train_and_evaluate(job, where, threads=threads, progress=False)
     except BaseException as err:  # noqa: BLE001 (whatever it is, the caller raises it)
         try:
             pickle.dumps(err)

@@ -28,6 +28,7 @@ from klbudget.config import ConfigError, apply_overrides, preset, with_values
 from klbudget.pipelines.demo import (
     Agent,
     AgentJob,
+    check_eval_lengths,
     job_count,
     run_name,
     run_parallel,
@@ -83,7 +84,7 @@ def run_pretrained(
         cfg = with_values(base_cfg, sets).validate()
         plan.append(AgentJob(cfg, out / name, f"{budget:g} nats against {model.name}",
                              eval_episodes))  # fmt: skip
-    _check_lengths(model, plan)
+    check_eval_lengths(plan)
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
     n_jobs = job_count(jobs, len(plan))
@@ -120,23 +121,6 @@ def run_pretrained(
     say(summary_table(rows))
     say(f"\nreport: {report}\nwall time: {(time.perf_counter() - t0) / 60:.1f} min")
     return rows
-
-
-def _check_lengths(model: Path, plan: list[AgentJob]) -> None:
-    """Each agent is evaluated at L/2 and L: both must hold the prompt and more."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the tokenizer in {model}: {err}") from err
-    for job in plan:
-        prompt = len(tokenizer(job.cfg.env.prompt, add_special_tokens=False)["input_ids"])
-        if job.cfg.env.length // 2 <= prompt:
-            raise ConfigError(
-                f"env.length = {job.cfg.env.length}: the evaluation at L/2 needs more than the "
-                f"prompt's {prompt} tokens (env.length above {2 * prompt + 1})"
-            )
 
 
 def _write_json(path: Path, obj) -> None:
