@@ -26,7 +26,13 @@ from typing import Any
 
 from klbudget.envs.format import ChatFormat
 from klbudget.evaluation.metrics import empty_turn_fraction, episode_kl
-from klbudget.evaluation.records import Episode, RecordError, load_episodes, split_turns
+from klbudget.evaluation.records import (
+    Episode,
+    RecordError,
+    load_episodes,
+    load_rows,
+    split_turns,
+)
 from klbudget.evaluation.summary import (
     compute_all,
     eval_files,
@@ -126,6 +132,15 @@ def _samples(path: Path, n: int, fmt: ChatFormat) -> list[tuple[str, Episode]]:
     elif (path / "episodes.jsonl").exists():
         out += [("training", e) for e in load_episodes(path / "episodes.jsonl")[-1:]]
     return out
+
+
+def _updates(run: RunData) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl rows (one per PPO update); none when it has no such file."""
+    path = run.path / "metrics.jsonl"
+    try:
+        return load_rows(path) if path.is_file() else []
+    except RecordError as err:
+        raise ReportError(str(err)) from err
 
 
 def _unique_labels(runs: list[RunData]) -> None:
@@ -260,9 +275,50 @@ HEADLINE = (
 )
 
 
+def finding(r: RunData) -> str | None:
+    """One sentence of what the run's agent did, built from its numbers: at the longest
+    evaluation length, its empty-turn fraction and return beside its base's, the KL it
+    spent of its budget, and its help rate where it has one."""
+    sets = [s for s in (get(r.metrics, "eval") or {}).values() if isinstance(s, dict)]
+    agent = [s for s in sets if s["policy"] == "agent"]
+    if not agent:
+        return None
+    longest = max(s["length"] for s in agent)
+    a = next(s for s in agent if s["length"] == longest)
+    b = next((s for s in sets if s["policy"] == "base" and s["length"] == longest), {})
+    cfg = r.config or {}
+    penalty = (cfg.get("agent") or {}).get("kind") == "penalty"
+    budget = (cfg.get("budget") or {}).get("total")
+    steps = get(r.metrics, "training.agent_steps")
+    held = (
+        "under a KL penalty"
+        if penalty
+        else (f"held to {fmt_num(budget)} nats" if budget is not None else "with a KL budget")
+    )
+    against = f"against {base_name(r)}"
+    text = (f"Trained {fmt_num(steps)} agent steps {held} {against}, the agent left "
+            f"{_pct(get(a, 'empty_turn_frac.mean'))} of its teacher turns empty at "
+            f"{longest} tokens (its base alone {_pct(get(b, 'empty_turn_frac.mean'))}), and "
+            f"returned {fmt_num(get(a, 'reward.mean'))} (its base "
+            f"{fmt_num(get(b, 'reward.mean'))}), spending "
+            f"{fmt_num(get(a, 'kl_to_base.exact.mean'))} nats of KL per episode")  # fmt: skip
+    if budget and not penalty and isinstance(get(a, "kl_to_base.exact.mean"), (int, float)):
+        text += f" ({_pct(get(a, 'kl_to_base.exact.mean') / budget)} of its budget)"
+    help_rate = get(a, "help_rate")
+    if isinstance(help_rate, (int, float)) and not math.isnan(help_rate):
+        text += f"; it asked τ for help on {_pct(help_rate)} of its steps"
+    return html_text(text + ".")
+
+
+def _pct(x: Any) -> str:
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return "—"
+    return f"{100 * x:.1f}%"
+
+
 def headline_section(runs: Sequence[RunData]) -> str:
     """Per run and policy, at the longest evaluation length: the four numbers that say what
-    a policy does, before the details."""
+    a policy does, before the details, after one sentence per run that says it in words."""
     rows = []
     for r in runs:
         sets = [s for s in (get(r.metrics, "eval") or {}).values() if isinstance(s, dict)]
@@ -282,9 +338,14 @@ def headline_section(runs: Sequence[RunData]) -> str:
     if not rows:
         return ""
     heads = "".join(f'<th scope="col">{name}</th>' for _, name in HEADLINE)
+    found = "".join(
+        f'<p class="finding"><strong>{html_text(r.label)}.</strong> {text}</p>'
+        for r in runs
+        if (text := finding(r))
+    )
     return (
-        '<section id="headline"><h2>At a glance</h2><p>Each policy at the longest evaluation '
-        "length; the summary below has the rest.</p>"
+        f'<section id="headline"><h2>At a glance</h2>{found}<p>Each policy at the longest '
+        "evaluation length; the summary below has the rest.</p>"
         f'<table class="summary"><thead><tr><th>policy</th>{heads}</tr></thead><tbody>'
         f"{''.join(rows)}</tbody></table></section>"
     )
@@ -590,6 +651,7 @@ def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
     parts = ['<section id="transcripts"><h2>Sample transcripts</h2>', legend_html()]
     for r in runs:
         fmt_r = fmt or r.fmt
+        shown: set[str] = set()
         for source, e in r.samples:
             exact, realized = episode_kl(e)
             frac = empty_turn_fraction(e, fmt_r)
@@ -599,7 +661,12 @@ def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
                 f" · KL(π‖β) exact {fmt_num(exact)}, realized {fmt_num(realized)}"
                 f" · empty-turn fraction {fmt_num(frac)}"
             )
-            parts.append(f"<h3>{head}</h3>{transcript_html(e, fmt_r)}")
+            body = transcript_html(e, fmt_r)
+            if e.policy not in shown:  # one transcript per policy in full, the rest folded
+                shown.add(e.policy)
+                parts.append(f"<h3>{head}</h3>{body}")
+            else:
+                parts.append(f"<details><summary>{head}</summary>{body}</details>")
         if not r.samples:
             parts.append(f"<p>{html_text(r.label)}: no episode records to show.</p>")
     return "".join(parts) + "</section>"
@@ -729,7 +796,8 @@ def build_report(
         raise ReportError(f"{out}: is a directory, expected an .html file path")
     runs = [load_run(Path(p), fmt=fmt, n_samples=n_samples) for p in run_dirs]
     _unique_labels(runs)
-    labelled = [(r.label, {**r.metrics, "base_name": base_name(r)}) for r in runs]
+    labelled = [(r.label, {**r.metrics, "base_name": base_name(r), "updates": _updates(r)})
+                for r in runs]  # fmt: skip
     plots = {name: fn(labelled) for name, _, fn in PLOTS}
     page = render(runs, plots, fmt)  # before anything is written: a bad input writes nothing
     files = out.with_name(out.stem + "_files")

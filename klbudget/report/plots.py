@@ -99,6 +99,37 @@ def _render(draw: Callable[[Figure], bool], size: tuple[float, float]) -> bytes 
     return buf.getvalue()
 
 
+def budget_plot(runs: Sequence[RunMetrics]) -> bytes | None:
+    """Per PPO update against agent steps (`metrics.jsonl`, as the report hands it over
+    under "updates"): the KL spent per episode beside the budget in force (dashed), the
+    return and the share of empty teacher turns."""
+
+    def draw(fig: Figure) -> bool:
+        ax_k, ax_r, ax_e = fig.subplots(1, 3)
+        drawn = False
+        for i, (name, mt) in enumerate(runs):
+            rows = [r for r in mt.get("updates") or [] if _finite(r.get("time/agent_steps"))]
+            if not rows:
+                continue
+            x = [r["time/agent_steps"] for r in rows]
+            spent = [r.get("budget/spent", r.get("kl/episode_mean")) for r in rows]
+            ax_k.plot(x, spent, ".-", color=colour(i), label=f"{label(name)}: spent")
+            if any(_finite(r.get("budget/full")) for r in rows):
+                ax_k.plot(x, [r.get("budget/full") for r in rows], "--", color=colour(i),
+                          label=f"{label(name)}: budget")  # fmt: skip
+            ax_r.plot(x, [r.get("reward/mean") for r in rows], ".-", color=colour(i))
+            ax_e.plot(x, [r.get("episodes/empty_turn_frac") for r in rows], ".-", color=colour(i))
+            drawn = True
+        ax_k.set(title="KL per episode against the budget", xlabel="agent steps", ylabel="nats")
+        ax_r.set(title="return per episode (mean)", xlabel="agent steps")
+        ax_e.set(title="empty teacher turns (share)", xlabel="agent steps", ylim=(-0.02, 1.02))
+        if drawn:
+            _legend(ax_k)
+        return drawn
+
+    return _render(draw, (11.5, 3.4))
+
+
 def training_plot(runs: Sequence[RunMetrics]) -> bytes | None:
     """Episode return over training (median line, 10–90 % band) and the mean empty-turn
     fraction over training, per run, from training episodes binned in order."""
@@ -374,6 +405,7 @@ def calibration_plot(runs: Sequence[RunMetrics]) -> bytes | None:
 
 # (file stem, section title, function): the report's figures in order.
 PLOTS: tuple[tuple[str, str, Callable[[Sequence[RunMetrics]], bytes | None]], ...] = (
+    ("budget", "KL spent against the budget over training", budget_plot),
     ("training", "Reward over training", training_plot),
     ("empty_frac", "Empty-turn fraction: agent, base, τ", empty_frac_plot),
     ("kl_nth_empty", "KL cost of the n-th empty turn", kl_nth_empty_plot),

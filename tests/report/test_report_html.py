@@ -303,3 +303,25 @@ def test_base_labels_name_each_runs_own_base(tmp_path: Path) -> None:
     both = build_report([pess, single], tmp_path / "b.html").read_text(encoding="utf-8")
     assert "pess: base ν_α with help" in both and "single: base β" in both
     assert "base ν_α with help / β" in both
+
+
+def test_each_run_opens_with_a_sentence_of_its_numbers(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runB")
+    (run / "config.toml").write_text("[budget]\ntotal = 10.0\n", encoding="utf-8")
+    html = build_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    panel = html[html.index('id="headline"') : html.index('id="summary"')]
+    # runB's agent at L = 32: empty 0.5, base 0; KL 2.525 of 10 nats from the records.
+    sentence = panel[panel.index('<p class="finding">') : panel.index("</p>")]
+    assert "held to 10 nats against β" in sentence
+    assert "left 50.0% of its teacher turns empty at 32 tokens" in sentence
+    assert "(its base alone 0.0%)" in sentence
+    assert "spending 2.525 nats of KL per episode (25.3% of its budget)" in sentence
+
+
+def test_one_transcript_per_policy_in_full_and_a_budget_curve(built: tuple[Path, str]) -> None:
+    out, html = built
+    section = html[html.index('id="transcripts"') :]
+    # Two agent episodes and one base episode: the second agent episode is folded.
+    assert section.count("<h3>") == 2 and section.count("<details><summary>") == 1
+    assert (out.parent / "report_files" / "budget.png").is_file()
+    assert 'id="budget"' in html
