@@ -5,7 +5,8 @@ The names a user needs (imported on first use, so ``import klbudget`` stays fast
 - :func:`train`, :func:`evaluate`, :func:`report`, :func:`make_config`: the Python API
   (``klbudget.api``);
 - :class:`KLBudgetProcessor`, :func:`budgeted_generate`: KL-budgeted generation for any pair
-  of Hugging Face causal LMs (``klbudget.generation``);
+  of Hugging Face causal LMs; :func:`export_agent`, :class:`AgentProcessor`: a trained
+  agent as a folder, and back as a ``LogitsProcessor`` (``klbudget.generation``);
 - :func:`fixed_kl_mixture`: the mixture with KL(x‖b) = k (``klbudget.core.mixture``);
 - :class:`Config`, :func:`load_config`: configs (``klbudget.config``).
 """
@@ -24,6 +25,8 @@ _EXPORTS = {
     "make_config": "klbudget.api",
     "KLBudgetProcessor": "klbudget.generation",
     "budgeted_generate": "klbudget.generation",
+    "AgentProcessor": "klbudget.generation",
+    "export_agent": "klbudget.generation",
     "fixed_kl_mixture": "klbudget.core.mixture",
     "Config": "klbudget.config",
     "load_config": "klbudget.config",

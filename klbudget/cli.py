@@ -114,6 +114,17 @@ def _fresh_out(out: Path, force: bool, what: str) -> None:
                          "or pass --force to write over them")  # fmt: skip
 
 
+def _export(args: argparse.Namespace) -> int:
+    from klbudget.generation import BudgetError, export_agent
+
+    try:
+        out = export_agent(args.run, args.out)
+    except BudgetError as err:
+        raise UsageError(str(err)) from err
+    print(f"exported {args.run} -> {out}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from klbudget.pipelines.sweep import run_sweep
 
@@ -623,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--heldout", type=int, default=24, help="held-out transcripts scored")
     bc.add_argument("--out", required=True, help="imitator folder to create (must be new)")
     bc.set_defaults(func=_base_context)
+
+    ex = sub.add_parser("export", help="a trained agent as a folder that generates on its own")
+    ex.add_argument("run", help="run folder (single base)")
+    ex.add_argument("--out", required=True, help="folder to create (agent.json, agent.safetensors)")
+    ex.set_defaults(func=_export)
 
     sw = sub.add_parser("sweep", help="a grid of config values × seeds, trained, evaluated, "
                         "summarized with 95% intervals (resumable)")  # fmt: skip

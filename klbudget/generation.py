@@ -22,7 +22,10 @@ each sequence spent.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,6 +88,8 @@ class KLBudgetProcessor(LogitsProcessor):
         self.eos = torch.tensor(list(eos_token_id or []), dtype=torch.long)
         self.reset()
 
+    _want_hidden = False  # the base's hidden states are kept for an agent's features
+
     def reset(self) -> None:
         """Forget the sequences of a previous ``generate`` call."""
         self._cache = None
@@ -111,7 +116,11 @@ class KLBudgetProcessor(LogitsProcessor):
             self._mask = mask.to(input_ids.device).long()
             pos = _positions(self._mask)
             out = self.base(
-                input_ids=input_ids, attention_mask=self._mask, position_ids=pos, use_cache=True
+                input_ids=input_ids,
+                attention_mask=self._mask,
+                position_ids=pos,
+                use_cache=True,
+                output_hidden_states=self._want_hidden,
             )
             self._pos = pos[:, -1:]
         else:
@@ -129,8 +138,10 @@ class KLBudgetProcessor(LogitsProcessor):
                 position_ids=self._pos,
                 past_key_values=self._cache,
                 use_cache=True,
+                output_hidden_states=self._want_hidden,
             )
         self._cache = out.past_key_values
+        self._hidden = out.hidden_states
         self._len = t
         return out.logits[:, -1, :]
 
@@ -225,3 +236,157 @@ def budgeted_generate(
         **generate_kwargs,
     )
     return BudgetedOutput(sequences, proc.kl_spent, proc.steps)
+
+
+# ----------------------------------------------------------------------------- trained agents
+
+AGENT_FILE = "agent.json"
+AGENT_WEIGHTS = "agent.safetensors"
+
+
+def export_agent(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write a trained agent of a single-base run as a folder that generates without the
+    training code: `agent.safetensors` (the actor head) and `agent.json` (its base model
+    folder, head, budget and the episode length its position input counts in)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from klbudget.base.hf import N_FEATURE_LAYERS, resolve_model
+    from klbudget.config import load
+    from klbudget.runs import folder as rf
+
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "config.toml").is_file():
+        raise BudgetError(f"{run} is not a run folder (no config.toml)")
+    cfg = load(run / "config.toml")
+    if cfg.base.kind != "single":
+        raise BudgetError(f"{run}: only agents of a single base export (this one's base is "
+                          f"{cfg.base.kind}, which asks τ for help)")  # fmt: skip
+    stem = rf.latest_checkpoint(run)
+    if stem is None:
+        raise BudgetError(f"{run} has no checkpoint to export")
+    if out.exists() and any(out.iterdir()):
+        raise BudgetError(f"{out} already holds files; choose a new folder")
+    model, context = resolve_model(cfg.model.path)
+    from safetensors.torch import load_file
+
+    weights = {k[len("actor."):]: v for k, v in load_file(run / "checkpoints" /
+               f"{stem}.safetensors").items() if k.startswith("actor.")}  # fmt: skip
+    if not weights:
+        raise BudgetError(f"{run}: checkpoint {stem} holds no actor")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / AGENT_WEIGHTS)
+    spec = {
+        "base_model": str(Path(model).resolve()),
+        "context": context,
+        "head": cfg.agent.head,
+        "mixture": cfg.agent.kind != "penalty",
+        "budget": cfg.budget.total,
+        "budget_mode": cfg.budget.mode,
+        "budget_scale": max(cfg.budget.total, 1.0),
+        "length": cfg.env.length,
+        "temperature": cfg.model.temperature,
+        "feature_layers": N_FEATURE_LAYERS,
+        "from_run": str(run.resolve()),
+        "checkpoint": stem,
+    }
+    rf.atomic_write_text(out / AGENT_FILE, json.dumps(spec, indent=1) + "\n")
+    return out
+
+
+class AgentProcessor(KLBudgetProcessor):
+    """An exported agent as a `LogitsProcessor`: the base runs beside `generate` (the
+    proposal's scores are ignored), the agent's head reads the base's features, its
+    position in the episode and its budget left, and plays its fixed-KL mixture with the
+    base, spending as it was trained to (`budget_mode`); Σ KL ≤ budget on every sequence in
+    the `expected` mode, as in training. Load with :meth:`from_pretrained`."""
+
+    _want_hidden = True
+
+    def __init__(self, base, actor, spec: dict, *, attention_mask: Tensor | None = None,
+                 eos_token_id=None) -> None:  # fmt: skip
+        super().__init__(base, spec["budget"] if spec["mixture"] else math.inf,
+                         attention_mask=attention_mask, eos_token_id=eos_token_id)  # fmt: skip
+        self.actor = actor
+        self.spec = spec
+        self._last_logx: Tensor | None = None
+        self._last_logb: Tensor | None = None
+
+    @classmethod
+    def from_pretrained(cls, agent_dir: str | Path, **kwargs) -> tuple[AgentProcessor, Any]:
+        """(processor, tokenizer) of an exported agent folder."""
+        import json
+
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from klbudget.agent.policy import Actor
+
+        folder = Path(agent_dir)
+        try:
+            spec = json.loads((folder / AGENT_FILE).read_text())
+            weights = load_file(folder / AGENT_WEIGHTS)
+        except (OSError, ValueError) as err:
+            raise BudgetError(f"{folder} is not an exported agent: {err}") from err
+        if spec.get("context"):
+            raise BudgetError(f"{folder}: agents of in-context bases do not export yet")
+        base = AutoModelForCausalLM.from_pretrained(spec["base_model"], local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(spec["base_model"], local_files_only=True)
+        base.eval()
+        width = base.config.hidden_size
+        obs_dim = spec["feature_layers"] * width + 2
+        embed = None
+        if spec["head"] == "embed":
+            embed = base.get_output_embeddings().weight.detach().float()
+        n_actions = (
+            weights["z.bias"].shape[0] if "z.bias" in weights else weights["z_bias"].shape[0]
+        )
+        actor = Actor(obs_dim, n_actions, mixture=spec["mixture"], out_embed=embed)
+        actor.load_state_dict(weights)
+        actor.eval()
+        return cls(base, actor, spec, **kwargs), tok
+
+    @torch.no_grad()
+    def _base_step(self, input_ids: Tensor):
+        """(log β at the base's temperature, features) at the last position."""
+        logits = self._base_logits(input_ids)  # advances the cache, keeps the hidden states
+        feats = torch.cat([h[:, -1, :] for h in self._hidden[-self.spec["feature_layers"] :]], -1)
+        logp = torch.log_softmax(logits.float() / self.spec["temperature"], -1)
+        return logp, feats
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        from klbudget.agent.policy import observation
+
+        n = input_ids.shape[0]
+        first = self._cache is None
+        log_b, feats = self._base_step(input_ids)
+        if first:
+            self.budget_left = torch.full((n,), float(self.budget), dtype=torch.float64)
+            self.kl_spent = torch.zeros(n, dtype=torch.float64)
+            self.steps = torch.zeros(n, dtype=torch.long)
+            self.done = torch.zeros(n, dtype=torch.bool)
+        else:
+            last = input_ids[:, -1]
+            if self.eos.numel():
+                self.done |= torch.isin(last, self.eos.to(last.device))
+            if self.spec["budget_mode"] == "realized" and self._last_logx is not None:
+                taken = last[:, None]
+                ratio = self._last_logx.gather(-1, taken) - self._last_logb.gather(-1, taken)
+                ratio = ratio.squeeze(-1).double()
+                live = self._live
+                self.budget_left = torch.where(live, (self.budget_left - ratio).clamp(min=0.0),
+                                               self.budget_left)  # fmt: skip
+        position = self._mask.sum(-1).float() / self.spec["length"]
+        left = self.budget_left if self.spec["mixture"] else torch.zeros(n, dtype=torch.float64)
+        left_in = torch.where(self.done, 0.0, left).float()
+        obs = observation(feats, position, left_in, self.spec["budget_scale"])
+        played = self.actor(obs, log_b, left_in)
+        log_x = torch.where(self.done[:, None], log_b, played.log_x)
+        kl = torch.where(self.done, 0.0, played.kl.double())
+        self.kl_spent += kl
+        if self.spec["budget_mode"] == "expected":
+            self.budget_left = (self.budget_left - kl).clamp(min=0.0)
+        self._last_logx, self._last_logb, self._live = log_x, log_b, ~self.done
+        self.steps += (~self.done).long()
+        return log_x.to(scores.dtype)
