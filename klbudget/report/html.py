@@ -605,13 +605,23 @@ def legend_html() -> str:
 
 
 def transcript_html(episode: Episode, fmt: ChatFormat | None = None) -> str:
-    """The transcript with each teacher token on a background coloured by its KL(π‖β);
-    hover shows the exact numbers. All token text is escaped."""
-    rewards = dict(episode.rewards)
-    parts: list[str] = []
-    tokens = episode.tokens
+    """The transcript as it was spoken, with each teacher token on a background coloured by
+    its KL(π‖β); hover shows the exact numbers. All token text is escaped.
 
-    def token_span(i: int) -> str:
+    A turn's box holds its content and the blank line that ends it, shown as one ¶; the
+    speaker's tag the environment writes after it starts the next speaker's line. A reward
+    stands after the student reply it pays for (the records file it under the agent's last
+    token before that reply, where PPO credits it)."""
+    fmt = fmt or ChatFormat()
+    tokens = episode.tokens
+    turns = split_turns(episode, fmt)
+    paid: dict[int, float] = {}  # turn number → reward shown after that student turn
+    for i, r in episode.rewards:
+        k = next((k for k, t in enumerate(turns) if t.speaker == "student" and t.end > i), None)
+        if k is not None:
+            paid[k] = paid.get(k, 0.0) + r
+
+    def token_span(i: int, text: str) -> str:
         t = tokens[i]
         tip = f"KL(π‖β) = {t.kl:.4g} nats, log-ratio = {t.log_ratio:.4g}"
         if t.kl_tau is not None:
@@ -619,32 +629,57 @@ def transcript_html(episode: Episode, fmt: ChatFormat | None = None) -> str:
         if t.help:
             tip += ", written by the demonstrator"
         help_cls = " help" if t.help else ""
-        span = (
-            f'<span class="tok k{kl_bin(t.kl)}{help_cls}" title="{html_attr(tip)}">'
-            f"{html_text(t.text)}</span>"
-        )
-        return span + _reward(rewards, i)
+        return f'<span class="tok k{kl_bin(t.kl)}{help_cls}" title="{html_attr(tip)}">{text}</span>'
 
+    parts: list[str] = []
     prompt = [i for i, t in enumerate(tokens) if t.speaker == "prompt"]
     if prompt:
         parts.append(
             f'<span class="prompt">{html_text("".join(tokens[i].text for i in prompt))}</span>'
         )
-    for turn in split_turns(episode, fmt):
-        if turn.speaker == "teacher":
-            cls = "turn teacher empty" if turn.empty else "turn teacher"
-            inner = "".join(token_span(i) for i in range(turn.start, turn.end))
-        else:
-            cls = "turn student"
-            inner = "".join(
-                html_text(tokens[i].text) + _reward(rewards, i) for i in range(turn.start, turn.end)
-            )
-        parts.append(f'<span class="{cls}">{inner}</span>')
+    for k, turn in enumerate(turns):
+        cut, sep, before, after = _separator_span(tokens, turn.start, turn.end, fmt.separator)
+        shown = []
+        for i in range(turn.start, cut):
+            if i not in sep:
+                text = html_text(tokens[i].text)
+            else:  # the blank line as one mark; a token's words before it stay
+                text = html_text(before) if i == sep[0] else ""
+                if i == sep[-1]:
+                    text += '<span class="ctl" title="blank line">¶</span>'
+            shown.append(token_span(i, text) if turn.speaker == "teacher" else text)
+        if k in paid:
+            mark = f'<sup class="rw">r {paid[k]:.3g}</sup>'
+            shown.insert(len(shown) - len(sep) if sep and not before else len(shown), mark)
+        cls = f"turn {turn.speaker}" + (" empty" if turn.empty else "")
+        parts.append(f'<span class="{cls}">{"".join(shown)}</span>')
+        if sep:
+            parts.append("<br><br>")
+        tag = after + "".join(tokens[i].text for i in range(cut, turn.end))
+        if tag:  # the next speaker's tag, which the environment wrote
+            nxt = "student" if turn.speaker == "teacher" else "teacher"
+            parts.append(f'<span class="tag {nxt}">{html_text(tag)}</span>')
     return f'<div class="transcript">{"".join(parts)}</div>'
 
 
-def _reward(rewards: dict[int, float], i: int) -> str:
-    return f'<sup class="rw">r {rewards[i]:.3g}</sup>' if i in rewards else ""
+def _separator_span(
+    tokens, start: int, end: int, separator: str
+) -> tuple[int, list[int], str, str]:
+    """Where the first separator in tokens[start:end] lies: (index after the token that
+    completes it, the indices of the tokens that write it, the text of its first token
+    before it, the text of its last token after it); (end, [], "", "") when there is none."""
+    if not separator:
+        return end, [], "", ""
+    text, offsets = "", []
+    for i in range(start, end):
+        offsets.append(len(text))
+        text += tokens[i].text
+        pos = text.find(separator)
+        if pos >= 0:
+            first = max(k for k, off in enumerate(offsets) if off <= pos)
+            sep = list(range(start + first, i + 1))
+            return i + 1, sep, text[offsets[first] : pos], text[pos + len(separator) :]
+    return end, [], "", ""
 
 
 def transcripts_section(runs: Sequence[RunData], fmt: ChatFormat | None) -> str:
@@ -694,6 +729,7 @@ details{margin:.4em 0}summary{cursor:pointer}
  word-break:break-word;border:1px solid #ddd;padding:.6em;background:#fafafa}
 .prompt{color:#888}.student,.turn.student{color:#1f4e8c}
 .turn.teacher.empty{outline:2px dashed #c00;outline-offset:1px}
+.tag{font-weight:600}.tag.student{color:#1f4e8c}.tag.teacher{color:#444}
 .tok{border-radius:2px;box-shadow:inset -1px 0 0 rgba(0,0,0,.12)}
 .tok.help{text-decoration:underline wavy #2a7}
 .ctl{color:#a0a;background:#f4e8f4;font-size:.85em;border-radius:2px}

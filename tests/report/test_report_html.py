@@ -325,3 +325,23 @@ def test_one_transcript_per_policy_in_full_and_a_budget_curve(built: tuple[Path,
     assert section.count("<h3>") == 2 and section.count("<details><summary>") == 1
     assert (out.parent / "report_files" / "budget.png").is_file()
     assert 'id="budget"' in html
+
+
+def test_transcripts_are_drawn_as_spoken() -> None:
+    """The environment's tags start the next speaker's line, a reward stands after the reply
+    it pays for, and a blank line is one mark."""
+    from klbudget.evaluation.records import parse_episode
+    from klbudget.report.html import transcript_html
+
+    html = transcript_html(parse_episode(agent_records()[0], "test"))
+    body = html[html.index('<span class="turn teacher">') :]
+    # teacher " Hi there" ¶ | Student: " ok" r 0.5 ¶ | Teacher: [empty] ¶ | Student: " yes" r 0.7
+    order = [" Hi", "¶", 'class="tag student">Student:', " ok", "r 0.5", "¶",
+             'class="tag teacher">Teacher:', 'class="turn teacher empty"', "¶",
+             'class="tag student">Student:', " yes", "r 0.7"]  # fmt: skip
+    at = 0
+    for piece in order:
+        at = body.index(piece, at) + len(piece)
+    assert "↵" not in body  # no newline glyph inside the turns: one ¶ per blank line
+    empty_box = body[body.index('class="turn teacher empty"') :]
+    assert "Student:" not in empty_box[: empty_box.index("</span></span>")]
