@@ -7,6 +7,7 @@ the tests skip, with the reason, only where Playwright or Chromium is missing.
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -110,3 +111,36 @@ def test_command_line(tmp_path: Path, chromium: str) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert "FAIL: external request: http://127.0.0.1:9/x.png" in res.stderr
     assert run(str(tmp_path / "missing.html")).returncode == 2
+
+
+def test_page_reads_at_1400_pixels(tmp_path: Path, chromium: str) -> None:
+    """At 1400 pixels wide: no horizontal scroll, the finding first, every plot loaded (the
+    KL-against-budget curve among them), one transcript per policy open and the rest
+    folded; the pessimistic run's base named as such."""
+    from playwright.sync_api import sync_playwright
+
+    runs = [hostile_run(tmp_path / "single"), hostile_run(tmp_path / "pess")]
+    (runs[1] / "config.toml").write_text('[base]\nkind = "pessimistic"\n', encoding="utf-8")
+    more = EpisodeBuilder(episode=1, length=32)
+    more.teacher([" Yo", HAND_OVER], kl=[0.1, 0.1], reward=0.5).student([" k", HAND_BACK])
+    with open(runs[0] / "eval" / "episodes_agent_L32.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(more.record()) + "\n")
+    report = build_report(runs, tmp_path / "report.html", n_samples=2)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(report.as_uri())
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+        first = page.evaluate("document.querySelector('#headline .finding').innerText")
+        assert first.startswith("single.") and "agent left" in first
+        broken = page.evaluate(
+            "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length"
+        )
+        assert broken == 0
+        assert page.evaluate("!!document.querySelector('#budget img')")
+        closed = page.evaluate("[...document.querySelectorAll('#transcripts details')]"
+                               ".filter(d => !d.open).length")  # fmt: skip
+        assert closed >= 1
+        text = page.evaluate("document.body.innerText")
+        assert "pess: base ν_α with help" in text and "single: base β" in text
+        browser.close()
