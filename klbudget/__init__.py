@@ -2,7 +2,7 @@
 
 The names a user needs (imported on first use, so ``import klbudget`` stays fast):
 
-- :func:`train`, :func:`evaluate`, :func:`report`, :func:`make_config`: the Python API
+- :func:`train`, :func:`evaluate`, :func:`write_report`, :func:`make_config`: the Python API
   (``klbudget.api``);
 - :class:`KLBudgetProcessor`, :func:`budgeted_generate`: KL-budgeted generation for any pair
   of Hugging Face causal LMs; :func:`export_agent`, :class:`AgentProcessor`: a trained
@@ -18,10 +18,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# (`write_report`, not `report`: `klbudget.report` is the subpackage, and importing it
+# would shadow a function of that name.)
 _EXPORTS = {
     "train": "klbudget.api",
     "evaluate": "klbudget.api",
-    "report": "klbudget.api",
+    "write_report": "klbudget.api",
     "make_config": "klbudget.api",
     "KLBudgetProcessor": "klbudget.generation",
     "budgeted_generate": "klbudget.generation",

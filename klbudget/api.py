@@ -4,7 +4,7 @@
 >>> run = klbudget.train("models/smollm2", reward=my_reward, prompts=my_prompts,
 ...                      budget=5.0, steps=4096, out="runs/mine")      # doctest: +SKIP
 >>> klbudget.evaluate(run, reward=my_reward)                          # doctest: +SKIP
->>> klbudget.report([run], "runs/mine.html")                          # doctest: +SKIP
+>>> klbudget.write_report([run], "runs/mine.html")                    # doctest: +SKIP
 
 The agent writes the teacher's turns of a chat whose student is the base model (at the
 student temperature); `reward(replies)` pays each finished student reply, and the agent is
@@ -20,7 +20,7 @@ from typing import Any
 from klbudget import config as C
 from klbudget.compose import RewardFn
 
-__all__ = ["make_config", "train", "evaluate", "report"]
+__all__ = ["make_config", "train", "evaluate", "write_report"]
 
 
 def make_config(
@@ -113,7 +113,7 @@ def evaluate(
     )  # fmt: skip
 
 
-def report(runs: Sequence[str | Path], out: str | Path) -> Path:
+def write_report(runs: Sequence[str | Path], out: str | Path) -> Path:
     """Write the HTML report of evaluated run folders to `out` (an .html file)."""
     from klbudget.report.html import build_report
 

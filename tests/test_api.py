@@ -94,7 +94,10 @@ def test_a_reward_that_returns_the_wrong_count_is_refused(tmp_path, fitted_tiny_
 
 
 def test_names_are_exported_lazily():
+    import klbudget.report.html  # noqa: F401  (a subpackage must not shadow an API name)
+
     assert set(klbudget.__all__) <= set(dir(klbudget))
+    assert all(callable(getattr(klbudget, name)) for name in klbudget.__all__)
     assert klbudget.load_config is klbudget.config.load
     with pytest.raises(AttributeError):
         klbudget.no_such_name  # noqa: B018
