@@ -138,6 +138,7 @@ def build_env(
             demonstrator=demonstrator,
             prompts=cfg.env.prompts,
             reward=reward,
+            reward_per=cfg.reward.per,
         )
     except ValueError as err:  # the relations a config cannot check without the model
         raise ConfigError(str(err)) from err

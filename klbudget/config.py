@@ -71,6 +71,9 @@ class EnvConfig:
 class RewardConfig:
     kind: str = "vader"  # "vader" (offline lexicon) or "hf" (a local text classifier)
     model_dir: str = ""  # classifier folder when kind = "hf"
+    # "reply": every student reply pays (s + 1)/2, so more replies pay more (the paper's);
+    # "mean": an episode pays the mean of its replies' pay (klbudget.envs.chat.REWARD_PER)
+    per: str = "reply"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class AgentConfig:
     kl_target_coef: float = 0.1  # weight of (KL(x‖β) − k)², which keeps k where it matters
     kl_target_grad: str = "scalar"  # what (KL − k)² trains: "scalar" (paper) or "both" (and z)
     head: str = "full"  # actor head: "full" (obs → every action) or "embed" (via the base's E)
+    # or "lora": the base LM itself with LoRA adapters (klbudget.agent.lora)
+    lora_rank: int = 8  # rank of the adapters (head = lora)
+    lora_alpha: float = 16.0  # their scale numerator: updates are scaled by alpha / rank
 
 
 @dataclass(frozen=True)
@@ -296,11 +302,14 @@ RULES: dict[str, Rule] = {
     "env.separator": Rule(),
     "reward.kind": Rule(choices=("vader", "hf")),
     "reward.model_dir": Rule(),
+    "reward.per": Rule(choices=("reply", "mean")),
     "agent.kind": Rule(choices=("budget", "penalty")),
     "agent.critic_hidden": _count(1, 8192),
     "agent.kl_target_coef": _nonneg(1e6),
     "agent.kl_target_grad": Rule(choices=("scalar", "both")),
-    "agent.head": Rule(choices=("full", "embed")),
+    "agent.head": Rule(choices=("full", "embed", "lora")),
+    "agent.lora_rank": _count(1, 1024),
+    "agent.lora_alpha": _pos(1e6),
     "penalty.estimator": Rule(choices=("k1", "k2", "k3", "exact")),
     "penalty.where": Rule(choices=("reward", "loss")),
     "penalty.coef": _nonneg(1e6),

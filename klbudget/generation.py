@@ -263,6 +263,10 @@ def export_agent(run_dir: str | Path, out_dir: str | Path) -> Path:
     if cfg.base.kind != "single":
         raise BudgetError(f"{run}: only agents of a single base export (this one's base is "
                           f"{cfg.base.kind}, which asks τ for help)")  # fmt: skip
+    if cfg.agent.head not in ("full", "embed"):
+        raise BudgetError(f"{run}: export writes a head on frozen features; this agent's "
+                          f"proposal is its LM with adapters (head = {cfg.agent.head}), kept "
+                          "in its checkpoints")  # fmt: skip
     stem = rf.latest_checkpoint(run)
     if stem is None:
         raise BudgetError(f"{run} has no checkpoint to export")

@@ -95,13 +95,20 @@ class Actor(nn.Module):
         return z + self.z_bias
 
     def forward(
-        self, obs: Tensor, base_logp: Tensor, budget_left: Tensor, alpha0: Tensor | None = None
+        self,
+        obs: Tensor,
+        base_logp: Tensor,
+        budget_left: Tensor,
+        alpha0: Tensor | None = None,
+        log_a: Tensor | None = None,
     ) -> Played:
         """The played distribution; `alpha0` (B,), a guess of α where the mixture's solve
         starts (the rollout's α when PPO replays its steps): the same root to the solver's
-        tolerance (1e-5 relative in float32), so only rounding changes."""
-        z = self.logits(obs)  # (B, A)
-        log_a = torch.log_softmax(z + base_logp, -1)
+        tolerance (1e-5 relative in float32), so only rounding changes. `log_a` (B, A), a
+        proposal computed elsewhere (the LoRA actor's LM, `klbudget.agent.lora`), instead
+        of softmax(z + log β)."""
+        if log_a is None:
+            log_a = torch.log_softmax(self.logits(obs) + base_logp, -1)  # z: (B, A)
         if not self.mixture:
             zeros = torch.zeros(log_a.shape[:-1], dtype=log_a.dtype, device=log_a.device)
             return Played(log_a, kl_exact(log_a, base_logp), zeros, torch.ones_like(zeros))
@@ -111,12 +118,38 @@ class Actor(nn.Module):
         return Played(out.log_x, out.kl, k, out.alpha)
 
 
-def make_actor(obs_dim: int, base, head: str = "full", mixture: bool = True) -> Actor:
-    """The actor for ``base`` with the chosen head ("embed" needs ``base.output_embedding``)."""
+def make_actor(
+    obs_dim: int,
+    base,
+    head: str = "full",
+    mixture: bool = True,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+) -> Actor:
+    """The actor for ``base`` with the chosen head ("embed" needs ``base.output_embedding``;
+    "lora", LoRA adapters on the base's own model folder, a single Hugging Face base)."""
     if head == "full":
         return Actor(obs_dim, base.num_actions, mixture=mixture)
+    if head == "lora":
+        from klbudget.agent.lora import LoraActor
+
+        folder = getattr(base, "model_dir", None)
+        if folder is None or getattr(base, "context_len", 0):
+            raise ValueError(
+                f"head = lora adapts the base's own model folder; {type(base).__name__} has "
+                "none (a single Hugging Face base, without help or in-context reading)"
+            )
+        actor = LoraActor(obs_dim, folder, temperature=base.temperature, rank=lora_rank,
+                          alpha=lora_alpha, mixture=mixture)  # fmt: skip
+        if actor.lm.vocab_size != base.num_actions:
+            raise ValueError(
+                f"head = lora: the LM has {actor.lm.vocab_size} tokens, the base "
+                f"{base.num_actions} actions (a help action needs another head)"
+            )
+        return actor
     if head != "embed":
-        raise ValueError(f"unknown actor head {head!r}; expected full or embed")
+        raise ValueError(f"unknown actor head {head!r}; expected full, embed or lora")
     embed = getattr(base, "output_embedding", None)
     if embed is None:
         raise ValueError(f"{type(base).__name__} exposes no output embedding for head = embed")

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from klbudget.agent.distributed import SINGLE, Group
+from klbudget.agent.lora import SeqRef
 from klbudget.agent.policy import Actor, Critic, Played, entropy
 from klbudget.config import PPOConfig
 from klbudget.core.advantages import normalize
@@ -67,6 +68,7 @@ class Batch:
     values_old: Tensor  # (M,) critic at rollout
     returns: Tensor  # (M,) Monte-Carlo return-to-go
     alpha_old: Tensor | None = None  # (M,) α at rollout: where the replay's solve starts
+    seq: SeqRef | None = None  # the episodes' tokens, for a LoRA actor's replay
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -200,6 +202,16 @@ def ppo_update(
     sums: dict[str, float] = {}
     n_steps = 0
     rows = micro_rows(cfg.microbatch, batch.base_logp)
+    seq = batch.seq
+    if seq is not None:  # a LoRA actor: whole conversations, each read once per pass
+
+        def parts(perm: Tensor) -> list[Tensor]:
+            del perm
+            order = torch.randperm(int(seq.ids.shape[0]), generator=generator)
+            groups = dict(zip(seq.conv.unique().tolist(), seq.groups(torch.arange(m)),
+                              strict=True))  # fmt: skip
+            return _packed([groups[c] for c in order.tolist() if c in groups], cfg.minibatch)
+
     for _ in range(cfg.epochs):
         for idx in parts(torch.randperm(m, generator=generator)):
             if idx.numel() == 0:  # this process has fewer steps than parts: zero gradients
@@ -210,7 +222,8 @@ def ppo_update(
             actor_opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros(())
             stats: dict[str, float] = {}
-            for sub in idx.split(rows):
+            subs = idx.split(rows) if seq is None else _packed(seq.groups(idx), rows)
+            for sub in subs:
                 share = sub.numel() / idx.numel()
                 loss, part = _actor_loss(
                     actor, batch, sub, adv_all[sub], cfg, kl_target_coef, kl_target_grad,
@@ -236,6 +249,22 @@ def ppo_update(
     return {key: val / max(n_steps, 1) for key, val in sums.items()}
 
 
+def _packed(groups: list[Tensor], size: int) -> list[Tensor]:
+    """Consecutive groups joined into parts of at most `size` rows, or one group where a
+    group alone is larger (a group is never split: one conversation's steps are read in one
+    forward pass)."""
+    out, cur, n = [], [], 0
+    for g in groups:
+        if cur and n + g.numel() > size:
+            out.append(torch.cat(cur))
+            cur, n = [], 0
+        cur.append(g)
+        n += g.numel()
+    if cur:
+        out.append(torch.cat(cur))
+    return out
+
+
 def micro_rows(microbatch: int, base_logp: Tensor | HiddenLogp) -> int:
     """Rows per forward/backward pass in the update: `microbatch`, or with 0 as many as keep
     one (rows, actions) float32 tensor within MICRO_BYTES (and at least one row)."""
@@ -257,7 +286,9 @@ def _actor_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The actor loss (mean over the rows `idx`) and its statistics."""
     start = None if batch.alpha_old is None else batch.alpha_old[idx]
-    played = actor(batch.obs[idx], batch.base_logp[idx], batch.budget_left[idx], alpha0=start)
+    log_a = None if batch.seq is None else actor.lm.logp_steps(batch.seq, idx)
+    played = actor(batch.obs[idx], batch.base_logp[idx], batch.budget_left[idx], alpha0=start,
+                   log_a=log_a)  # fmt: skip
     logp = played.log_x.gather(-1, batch.actions[idx, None]).squeeze(-1)
     log_ratio = logp - batch.logp_old[idx]
     ratio = log_ratio.exp()

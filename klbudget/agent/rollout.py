@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from klbudget.agent.lora import SeqRef
 from klbudget.agent.policy import Actor, Critic, budget_input, observation
 from klbudget.agent.ppo import Batch, HiddenLogp
 from klbudget.core.advantages import lambda_return, reward_to_go
@@ -99,6 +100,9 @@ def run_episode(
     taken = torch.zeros(n, length, dtype=torch.bool)
     last_agent_t = torch.full((n,), -1, dtype=torch.long)
     left_t[:, : env.t] = float(budget)
+    # A LoRA actor's LM reads the same tokens as the base, in its own cache.
+    lm = getattr(actor, "lm", None) if teacher is None else None
+    lm_logp = lm.start(env.ids[:, : env.t], env.length) if lm is not None else None
     while True:
         t = env.t
         mask = obs["agent_turn"]
@@ -109,7 +113,8 @@ def run_episode(
             seen_left = budget_input(actor, budget_left[rows])
             o = observation(obs["features"][rows], obs["position"][rows], seen_left, budget_scale)
             if teacher is None:
-                played = actor(o, base_logp, seen_left)
+                log_a = lm_logp[rows] if lm_logp is not None else None
+                played = actor(o, base_logp, seen_left, log_a=log_a)
                 log_x, kl, alpha = played.log_x, played.kl, played.alpha
             else:
                 log_x = teacher(env, rows)
@@ -154,6 +159,8 @@ def run_episode(
             rewards_t[r_rows, last_agent_t[r_rows]] += reward[r_rows]
         if bool(truncated.all()):
             break
+        if lm is not None:
+            lm_logp = lm.advance(env.ids[:, env.t - 1])
 
     agent_mask = env.speaker == AGENT  # (N, T)
     est_t = torch.where(agent_mask, est_t, torch.zeros_like(est_t))
@@ -187,6 +194,7 @@ def run_episode(
         values_old=values,
         returns=returns,
         alpha_old=cat["al"],
+        seq=_seq_ref(env, taken) if lm is not None else None,
     )
     k3_t = torch.where(agent_mask, kl_k3(lr_t), torch.zeros_like(lr_t))
     records = _records(env, kl_t, lr_t, left_t, rewards_t, budget, policy, ref_t)
@@ -201,6 +209,13 @@ def run_episode(
         kl_estimate=est_t.sum(-1),
         penalty=penalty_t.sum(-1),
     )
+
+
+def _seq_ref(env: ChatEnv, taken: Tensor) -> SeqRef:
+    """The episode's tokens and each agent step's (conversation, position), in the batch's
+    row-major order."""
+    conv, t = taken.nonzero(as_tuple=True)
+    return SeqRef(env.ids.clone(), conv, t)
 
 
 def played_tokens(log_x: Tensor, log_ref: Tensor, help_action: int | None) -> Tensor:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from klbudget.agent.distributed import SINGLE, Group
 from klbudget.agent.kl_control import make_kl_control
+from klbudget.agent.lora import SeqRef
 from klbudget.agent.policy import Critic, make_actor
 from klbudget.agent.ppo import (
     Batch,
@@ -50,7 +51,9 @@ def cat_batches(batches: list[Batch]) -> Batch:
     def cat(parts: list):
         if any(p is None for p in parts):
             return None
-        return HiddenLogp.cat(parts) if isinstance(parts[0], HiddenLogp) else torch.cat(parts)
+        if isinstance(parts[0], HiddenLogp | SeqRef):
+            return type(parts[0]).cat(parts)
+        return torch.cat(parts)
 
     return Batch(*(cat([getattr(b, f) for b in batches]) for f in Batch.__dataclass_fields__))
 
@@ -96,10 +99,15 @@ class Trainer:
         base = self.env.base
         obs_dim = base.feature_dim + 2
         self.kl = make_kl_control(cfg)
-        self.actor = make_actor(obs_dim, base, cfg.agent.head, mixture=self.kl.mixture)
+        agent = cfg.agent
+        self.actor = make_actor(obs_dim, base, agent.head, mixture=self.kl.mixture,
+                                lora_rank=agent.lora_rank, lora_alpha=agent.lora_alpha)  # fmt: skip
+        if cfg.agent.head == "lora" and group.world > 1:
+            raise ValueError("agent.head = lora trains in one process (--processes 1)")
         self.critic = Critic(obs_dim, cfg.agent.critic_hidden)
         eps = cfg.ppo.adam_eps
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.ppo.actor_lr, eps=eps)
+        trained = [p for p in self.actor.parameters() if p.requires_grad]  # not a LoRA's LM
+        self.actor_opt = torch.optim.Adam(trained, lr=cfg.ppo.actor_lr, eps=eps)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.ppo.critic_lr, eps=eps)
         # Every process starts from the same agent (the seed above) and samples its own way.
         self.gen = torch.Generator().manual_seed(cfg.train.seed + _RANK_STRIDE * group.rank)

@@ -97,6 +97,12 @@ class Conversation:
     opening: str = ""  # the prompt's words of this (first) teacher turn: ChatFormat.opening
 
 
+# What an episode's replies earn together: the sum of their pay ("reply": every reply pays,
+# so more replies pay more) or its mean ("mean": the k-th reply pays the change in the
+# running mean, so an episode's return is the mean pay of its replies, however many).
+REWARD_PER = ("reply", "mean")
+
+
 class ChatEnv:
     """Batched chat environment over a `BasePolicy` (see module docstring)."""
 
@@ -116,7 +122,11 @@ class ChatEnv:
         demonstrator: Callable[[ChatEnv, int], list[int]] | None = None,
         prompts: Sequence[str] = (),
         reward: Callable[[Sequence[str]], Sequence[float]] | None = None,
+        reward_per: str = "reply",
     ) -> None:
+        if reward_per not in REWARD_PER:
+            raise ValueError(f"reward_per must be one of {REWARD_PER}, got {reward_per!r}")
+        self.reward_per = reward_per
         self.base = base
         self.help_action = help_action(base)
         if self.help_action is not None and demonstrator is None:
@@ -177,6 +187,7 @@ class ChatEnv:
         self.t = t0
         self.convs = [Conversation(turn_start=t0, opening=self.chat.opening) for _ in range(n)]
         self.replies: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+        self._paid = [0.0] * n  # Σ of what each row's replies earned (reward_per = "mean")
         self.teacher_turns: list[list[str]] = [[] for _ in range(n)]  # completed, content
         self._last = self.base.reset(self.ids[:, :t0].to(self.device), capacity=self.length)
         return self._obs(), {}
@@ -329,6 +340,11 @@ class ChatEnv:
                 texts.append(content)
                 rows.append(i)
         for i, text, r in zip(rows, texts, self.pay(texts), strict=True):
+            if self.reward_per == "mean":  # the running mean's change: Σ = the final mean
+                k = len(self.replies[i])
+                before = self._paid[i] / k if k else 0.0
+                self._paid[i] += r
+                r = self._paid[i] / (k + 1) - before
             reward[i] += r
             self.replies[i].append((self.t, text))
 

@@ -136,23 +136,21 @@ class EpisodeBuilder:
             self.rewards.append([len(self.tokens) - 1, reward])
         return self
 
-    def student(self, texts: Sequence[str], *, annotate: bool = False) -> EpisodeBuilder:
-        """Append env tokens (the student's reply and the hand-back)."""
+    def student(
+        self, texts: Sequence[str], *, annotate: bool = False, tau_pool: bool | None = None
+    ) -> EpisodeBuilder:
+        """Append env tokens (the student's reply and the hand-back); annotated when
+        `annotate` or `tau_pool` is given."""
         start = len(self.tokens)
         for text in texts:
             self._token(text, "env")
-        if annotate:
-            self.turns.append(
-                {
-                    "speaker": "student",
-                    "start": start,
-                    "end": len(self.tokens),
-                    "text": "".join(texts),
-                    "empty": None,
-                    "in_support": None,
-                    "class": None,
-                }
-            )
+        if annotate or tau_pool is not None:
+            note = {"speaker": "student", "start": start, "end": len(self.tokens),
+                    "text": "".join(texts), "empty": None, "in_support": None,
+                    "class": None}  # fmt: skip
+            if tau_pool is not None:
+                note["tau_pool"] = tau_pool
+            self.turns.append(note)
         return self
 
     def record(self) -> dict[str, Any]:

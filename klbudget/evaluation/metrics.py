@@ -281,6 +281,34 @@ def behaviour_ledger(episodes: Sequence[Episode]) -> dict[str, float] | None:
     return {c: counts[c] / total for c in sorted(counts)}
 
 
+def role_swap(episodes: Sequence[Episode]) -> dict[str, float | int | None] | None:
+    """How often the student's reply is a turn τ could have written as the teacher (its
+    exact words: `tau_pool` of the turn notes), for the replies right after an empty
+    teacher turn and after any other teacher turn, pooled over episodes; None without
+    annotations. A base that answers silence by writing the teacher's lines in the
+    student's place shows a high share after empty turns."""
+    counts = {True: [0, 0], False: [0, 0]}  # after an empty turn? → [in τ's pool, replies]
+    annotated = False
+    for e in episodes:
+        previous = None
+        for note in e.turns or ():
+            if note.speaker == "student" and note.tau_pool is not None:
+                annotated = True
+                if previous is not None and previous.empty is not None:
+                    c = counts[bool(previous.empty)]
+                    c[0] += int(note.tau_pool)
+                    c[1] += 1
+            previous = note if note.speaker == "teacher" else None
+    if not annotated:
+        return None
+    return {
+        "after_empty": counts[True][0] / counts[True][1] if counts[True][1] else None,
+        "after_other": counts[False][0] / counts[False][1] if counts[False][1] else None,
+        "replies_after_empty": counts[True][1],
+        "replies_after_other": counts[False][1],
+    }
+
+
 # ----------------------------------------------------------------------------- repetition
 
 

@@ -64,6 +64,7 @@ class TurnNote:
     empty: bool | None  # evaluation's own empty-turn verdict
     in_support: bool | None  # τ could produce this turn; None: unknown
     cls: str | None  # behaviour class: one of τ's classes, "empty" or "novel"
+    tau_pool: bool | None = None  # a student reply τ could have written as a teacher turn
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def parse_turn_note(obj: Any, n_tokens: int, where: str) -> TurnNote:
         empty=_optional_bool(obj, "empty", where),
         in_support=_optional_bool(obj, "in_support", where),
         cls=_optional_str(obj, "class", where),
+        tau_pool=_optional_bool(obj, "tau_pool", where),
     )
 
 

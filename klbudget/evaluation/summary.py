@@ -27,6 +27,8 @@ metrics.json schema (version 1). A metric whose records are absent is null:
                                "kl_pi_tau_mean", "kl_in_support_mean"},
         "ledger": null | {CLASS: share}, "repetition": {"1".."10": share | null},
         "help_rate": share | null
+        "role_swap": {"after_empty", "after_other": share | null, "replies_after_empty",
+                      "replies_after_other": int} | null
     STATS = {"n", "mean", "q10", "q25", "q50", "q75", "q90"};  BIN = {"episode", "n", "mean",
     "q10", "q50", "q90"}
 
@@ -73,6 +75,7 @@ def set_metrics(episodes: Sequence[Episode], fmt: ChatFormat | None = None) -> d
         "ledger": m.behaviour_ledger(episodes),
         "repetition": m.repetition(episodes),
         "help_rate": m.help_rate(episodes),
+        "role_swap": m.role_swap(episodes),
     }
 
 

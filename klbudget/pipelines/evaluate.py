@@ -38,7 +38,8 @@ def load_agent(run_dir: Path, cfg: Config, base: BasePolicy) -> tuple[Actor, Cri
     if stem is None:
         raise rf.RunFolderError(f"{run_dir} has no checkpoint to evaluate")
     obs_dim = base.feature_dim + 2
-    actor = make_actor(obs_dim, base, cfg.agent.head, mixture=cfg.agent.kind != "penalty")
+    actor = make_actor(obs_dim, base, cfg.agent.head, mixture=cfg.agent.kind != "penalty",
+                       lora_rank=cfg.agent.lora_rank, lora_alpha=cfg.agent.lora_alpha)  # fmt: skip
     critic = Critic(obs_dim, cfg.agent.critic_hidden)
     rf.load_checkpoint(run_dir, stem, {"actor": actor, "critic": critic}, {}, {})
     return actor, critic
@@ -89,7 +90,9 @@ def evaluate_run(
     out.mkdir(exist_ok=True)
     # A penalty agent has no budget (+inf); β alone is a budget agent at budget 0.
     agent_budget = cfg.budget.total if actor.mixture else math.inf
-    base_actor = actor if actor.mixture else Actor(base.feature_dim + 2, base.num_actions)
+    # (A LoRA actor at budget 0 plays β too, but would run its LM for nothing.)
+    plain = actor.mixture and actor.head != "lora"
+    base_actor = actor if plain else Actor(base.feature_dim + 2, base.num_actions)
     unknown = set(policies) - {"agent", "base", "tau"}
     if unknown:
         raise ValueError(f"unknown policies {sorted(unknown)}; known: agent, base, tau")

@@ -13,6 +13,15 @@ A grid file (TOML)::
     "env.length" = [64, 128, 256]
     "budget.total" = [10.0, 20.0]
 
+An ablation changes one thing at a time instead: named variants, each a table of values,
+form the axis "variant" (crossed with the [grid] axes, which may then be left out)::
+
+    [variants.as_is]           # an empty table: the preset and [fixed] alone
+    [variants.mean_reward]
+    "reward.per" = "mean"
+    [variants.no_quiet]
+    "world.quiet_students" = 0.0
+
 Dotted names are config fields (`section.key`), or `world.KEY` / `imitator.KEY` for the
 default world and its imitator (each distinct pair is built once; imitators are cached).
 A cell's run folder is `OUT/runs/<axis values>-seed<S>`. A cell whose evaluation exists is
@@ -59,10 +68,13 @@ FIGURES = (  # column, path in an evaluation set of metrics.json
     ("outside_tau", ("tau_support", "violation_share")),
     ("kl_tau_in_support", ("tau_support", "kl_in_support_mean")),
     ("help", ("help_rate",)),
+    ("swap_after_empty", ("role_swap", "after_empty")),  # replies in τ's pool after silence
+    ("swap_after_other", ("role_swap", "after_other")),
 )
 NTH_EMPTY = 3  # realized cost of the n-th empty turn, n = 1..3 (median over episodes)
-SUMMARY = ("return", "empty", "kl", "outside_tau", "help")
-_GRID_KEYS = {"preset", "world", "eval_episodes", "fixed", "grid"}
+SUMMARY = ("return", "replies", "empty", "kl", "outside_tau", "help", "swap_after_empty")
+_GRID_KEYS = {"preset", "world", "eval_episodes", "fixed", "grid", "variants"}
+VARIANT = "variant"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,12 @@ class Grid:
     eval_episodes: int = 32
     fixed: dict[str, Any] = field(default_factory=dict)
     axes: dict[str, list[Any]] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values(self, cell: Cell) -> dict[str, Any]:
+        """Every dotted value of a cell: [fixed], then its variant's, then its axes'."""
+        own = {k: v for k, v in cell.values.items() if k != VARIANT}
+        return {**self.fixed, **self.variants.get(cell.values.get(VARIANT, ""), {}), **own}
 
 
 @dataclass(frozen=True)
@@ -102,8 +120,13 @@ def load_grid(path: str | Path) -> Grid:
     if unknown:
         raise ConfigError(f"{p}: unknown key {sorted(unknown)[0]!r}; known: {sorted(_GRID_KEYS)}")
     axes = data.get("grid", {})
-    if not isinstance(axes, dict) or not axes:
-        raise ConfigError(f"{p}: [grid] must name at least one axis")
+    variants = data.get("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{p}: each [variants.NAME] must be a table of values")
+    if not isinstance(axes, dict) or not (axes or variants):
+        raise ConfigError(f"{p}: [grid] must name at least one axis (or give [variants])")
+    if VARIANT in axes:
+        raise ConfigError(f"{p}: {VARIANT!r} is the axis of [variants], not a [grid] key")
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{p}: grid axis {key!r} must be a non-empty list")
@@ -112,11 +135,13 @@ def load_grid(path: str | Path) -> Grid:
         world=bool(data.get("world", True)),
         eval_episodes=int(data.get("eval_episodes", 32)),
         fixed=dict(data.get("fixed", {})),
-        axes={k: list(v) for k, v in axes.items()},
-    )
+        axes={**({VARIANT: list(variants)} if variants else {}),
+              **{k: list(v) for k, v in axes.items()}},
+        variants={k: dict(v) for k, v in variants.items()},
+    )  # fmt: skip
     if grid.eval_episodes < 1:
         raise ConfigError(f"{p}: eval_episodes must be >= 1")
-    if "train.seed" in grid.axes or "train.seed" in grid.fixed:
+    if any("train.seed" in d for d in (grid.axes, grid.fixed, *grid.variants.values())):
         raise ConfigError(f"{p}: seeds come from --seeds, not train.seed")
     return grid
 
@@ -143,7 +168,7 @@ def plan_jobs(grid: Grid, todo: list[Cell], out: Path, cache: Path, *, progress:
     anything trains."""
     jobs, built = [], {}
     for cell in todo:
-        cfg_v, world_v, imit_v = _split({**grid.fixed, **cell.values})
+        cfg_v, world_v, imit_v = _split(grid.values(cell))
         world_dir = None
         if grid.world:
             wcfg = replace_typed(WorldConfig(), world_v, "world")
@@ -197,7 +222,7 @@ def run_sweep(
     say(f"sweep: {len(all_cells)} runs, {len(all_cells) - len(todo)} already done")
     if todo:
         for cell in todo:  # every cell's values checked before anything is written
-            cfg_v, world_v, imit_v = _split({**grid.fixed, **cell.values})
+            cfg_v, world_v, imit_v = _split(grid.values(cell))
             if grid.world:
                 replace_typed(WorldConfig(), world_v, "world")
                 replace_typed(ImitatorConfig(), imit_v, "imitator")

@@ -74,6 +74,14 @@ class TauOracle:
             return self.tm.sample_continuation(history, prefix, env.generator)
         return [self.tm.sample_next_token(history, prefix, env.generator)]
 
+    def _reply_content(self, text: str) -> str:
+        """A student turn's words: without its tag and the hand-back to the teacher."""
+        fmt = self.tm.fmt
+        if text.endswith(fmt.to_teacher):
+            text = text[: -len(fmt.to_teacher)]
+        text = text.strip()
+        return text[len(fmt.student_tag) :].strip() if text.startswith(fmt.student_tag) else text
+
     def annotate(self, record: dict) -> None:
         """Add the `turns` annotation (docs/run-folder.md) to an episode record in place."""
         fmt = self.tm.fmt
@@ -96,6 +104,9 @@ class TauOracle:
                         cls = None if content == "" else self.tm.classify([], content)
                         note["in_support"] = cls is not None
                         note["class"] = "empty" if content == "" else (cls or "novel")
+                else:  # a reply τ could have written as a teacher turn: roles swapped
+                    reply = self._reply_content(text)
+                    note["tau_pool"] = reply != "" and self.tm.classify([], reply) is not None
                 notes.append(note)
             i = j
         record["turns"] = notes

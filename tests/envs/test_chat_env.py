@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
@@ -180,3 +181,36 @@ def test_gymnasium_env_checker(tiny_model):
     assert env.observation_space.contains(obs)
     obs, r, term, trunc, info = env.step(env.action_space.sample())
     assert isinstance(r, float) and info["base_logp"].shape == (env.action_space.n,)
+
+
+def test_mean_reward_pays_the_mean_of_an_episodes_replies(tiny_model):
+    """reward_per = "mean": the increments sum to the mean pay of the episode's replies,
+    however many there are; "reply" pays their sum. Both from the same episodes."""
+    pay = {}
+
+    def reward(replies):
+        out = [float(len(r) % 5) / 4 for r in replies]
+        pay.update(zip(replies, out, strict=True))
+        return out
+
+    totals = {}
+    for per in ("reply", "mean"):
+        env = make_env(tiny_model, n=6, length=90, max_reply_tokens=4, reward=reward,
+                       reward_per=per)  # fmt: skip
+        env.reset(seed=4)
+        handover = env.text.encode(SHORT.to_student)
+        total, k = torch.zeros(6), 0
+        while env.t < env.length:  # the teacher hands over at once, every turn
+            tok = handover[k % len(handover)] if env.agent_turn().any() else 0
+            k += int(bool(env.agent_turn().any()))
+            _, r, *_ = env.step(torch.full((6,), tok))
+            total += r
+        pays = [[pay[text] for _, text in env.replies[i]] for i in range(6)]
+        assert all(len(p) >= 2 for p in pays)  # several replies per episode
+        totals[per] = (total, pays)
+    total, pays = totals["reply"]
+    torch.testing.assert_close(total, torch.tensor([sum(p) for p in pays]))
+    total, pays = totals["mean"]
+    torch.testing.assert_close(total, torch.tensor([sum(p) / len(p) for p in pays]))
+    with pytest.raises(ValueError, match="reward_per"):
+        make_env(tiny_model, reward_per="total")

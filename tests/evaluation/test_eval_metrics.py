@@ -221,6 +221,22 @@ def test_behaviour_ledger() -> None:
     assert m.behaviour_ledger([chat(1.0)]) is None
 
 
+def test_role_swap_after_empty_and_other_turns() -> None:
+    b = EpisodeBuilder()
+    b.teacher([HAND_OVER], annotate=True).student([" Great job!", HAND_BACK], tau_pool=True)
+    b.teacher([HAND_OVER], annotate=True).student([" ok", HAND_BACK], tau_pool=False)
+    b.teacher([" t", HAND_OVER], annotate=True).student([" Nice", HAND_BACK], tau_pool=True)
+    b.teacher([" t", HAND_OVER], annotate=True).student([" no", HAND_BACK], tau_pool=False)
+    b.teacher([" t", HAND_OVER], annotate=True).student([" hm", HAND_BACK], tau_pool=False)
+    c = EpisodeBuilder()
+    c.teacher([HAND_OVER], annotate=True).student([" Well done", HAND_BACK], tau_pool=True)
+    c.student([" and more", HAND_BACK], tau_pool=True)  # no teacher turn before it: not counted
+    swap = m.role_swap([episode(b), episode(c)])
+    assert swap == {"after_empty": 2 / 3, "after_other": 1 / 3, "replies_after_empty": 3,
+                    "replies_after_other": 3}  # fmt: skip
+    assert m.role_swap([chat(1.0)]) is None  # no annotation
+
+
 # ----------------------------------------------------------------------------- repetition
 
 

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from klbudget.cli import main
+from klbudget.config import ConfigError
 from klbudget.pipelines.sweep import bootstrap_ci, cells, load_grid
 
 pytestmark = pytest.mark.slow
@@ -127,3 +128,23 @@ def test_cells_are_the_product_of_axes_and_seeds(tmp_path):
         ("length=128-total=10-seed0", 0),
         ("length=128-total=10-seed1", 1),
     ]
+
+
+def test_variants_change_one_thing_at_a_time(tmp_path):
+    (tmp_path / "g.toml").write_text(
+        '[fixed]\n"budget.total" = 20.0\n"env.length" = 128\n'
+        '[variants.as_is]\n'
+        '[variants.mean]\n"reward.per" = "mean"\n'
+        '[variants.short]\n"env.length" = 64\n"world.quiet_students" = 0.0\n'
+    )  # fmt: skip
+    grid = load_grid(tmp_path / "g.toml")
+    got = cells(grid, 1)
+    assert [c.name for c in got] == ["variant=as_is-seed0", "variant=mean-seed0",
+                                     "variant=short-seed0"]  # fmt: skip
+    values = [grid.values(c) for c in got]
+    assert values[0] == {"budget.total": 20.0, "env.length": 128}
+    assert values[1] == {"budget.total": 20.0, "env.length": 128, "reward.per": "mean"}
+    assert values[2] == {"budget.total": 20.0, "env.length": 64, "world.quiet_students": 0.0}
+    (tmp_path / "bad.toml").write_text("[variants]\nmean = 3\n")
+    with pytest.raises(ConfigError, match="table of values"):
+        load_grid(tmp_path / "bad.toml")
