@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 
 import klbudget.agent.policy as policy
-from klbudget.agent.policy import Critic, make_actor
+from klbudget.agent.actors import make_actor
+from klbudget.agent.policy import Critic
 from klbudget.agent.rollout import run_episode
 from klbudget.base.hf import HFBase
 from klbudget.envs.chat import ChatEnv

@@ -48,7 +48,8 @@ def rollout(
 ) -> dict[str, float]:
     """Rollout rates of a budget agent whose head proposes something other than β, in the
     chat environment of preset ``name`` (its format, turn caps and student temperature)."""
-    from klbudget.agent.policy import Critic, make_actor
+    from klbudget.agent.actors import make_actor
+    from klbudget.agent.policy import Critic
     from klbudget.agent.rollout import run_episode
     from klbudget.compose import build_base, build_env
 

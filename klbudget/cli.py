@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_export)
 
     sw = sub.add_parser("sweep", help="a grid of config values × seeds, trained, evaluated, "
-                        "summarized with 95% intervals (resumable)")  # fmt: skip
+                        "summarized with 95%% intervals (resumable)")  # fmt: skip
     sw.add_argument("--grid", required=True, help="grid file (TOML; klbudget/pipelines/sweep.py)")
     sw.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell")
     sw.add_argument("--out", required=True, help="sweep folder (created, or continued)")
@@ -671,40 +671,43 @@ def main(argv: list[str] | None = None) -> int:
     return _run(command)
 
 
+# The CLI's one-line errors, by module: a module that was never imported raised nothing,
+# so `_run` does not import any (`klbudget report` then needs neither torch's trainer nor
+# the world).
+BAD_INPUT = (
+    ("klbudget.config", "ConfigError"),
+    ("klbudget.base.hf", "ModelLoadError"), ("klbudget.runs.folder", "RunFolderError"),
+    ("klbudget.base.convert", "ConversionError"), ("klbudget.report.html", "ReportError"),
+    ("klbudget.evaluation.records", "RecordError"), ("klbudget.world.corpus", "WorldError"),
+)  # fmt: skip
+DIVERGED = (("klbudget.agent.trainer", "TrainingError"),)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
+    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
+
+
 def _run(fn, quiet: bool = False) -> int:
     """`fn()`'s exit code, with the CLI's errors as one line on stderr (none when `quiet`)
     and their codes."""
-    from klbudget.agent.trainer import TrainingError
-    from klbudget.base.convert import ConversionError
-    from klbudget.base.hf import ModelLoadError
-    from klbudget.config import ConfigError
-    from klbudget.evaluation.records import RecordError
-    from klbudget.report.html import ReportError
-    from klbudget.runs.folder import RunFolderError
-    from klbudget.world.corpus import WorldError
-
-    bad_input = (
-        UsageError, ConfigError, ModelLoadError, RunFolderError, ConversionError, ReportError,
-        RecordError, WorldError,
-    )  # fmt: skip
     try:
         return fn()
-    except bad_input as err:
-        if not quiet:
-            print(f"klbudget: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as err:
-        if not quiet:
-            print(f"klbudget: error: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except OSError as err:  # a path that is a file, unwritable, read-only, a full disk, ...
-        if not quiet:
-            where = f": {err.filename}" if err.filename else ""
-            print(f"klbudget: error: {err.strerror or err}{where}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("klbudget: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if isinstance(err, (UsageError, *_loaded(BAD_INPUT))):
+            code, msg = EXIT_BAD_INPUT, str(err)
+        elif isinstance(err, _loaded(DIVERGED)):
+            code, msg = EXIT_DIVERGED, str(err)
+        elif isinstance(err, OSError):  # a path that is a file, unwritable, a full disk, ...
+            where = f": {err.filename}" if err.filename else ""
+            code, msg = EXIT_BAD_INPUT, f"{err.strerror or err}{where}"
+        else:
+            raise
+        if not quiet:
+            print(f"klbudget: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

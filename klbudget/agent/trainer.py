@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from klbudget.agent.actors import make_actor
 from klbudget.agent.distributed import SINGLE, Group
 from klbudget.agent.kl_control import make_kl_control
 from klbudget.agent.lora import SeqRef
-from klbudget.agent.policy import Critic, make_actor
+from klbudget.agent.policy import Critic
 from klbudget.agent.ppo import (
     Batch,
     ExtraLoss,

@@ -9,7 +9,7 @@ Reads only the run folder's records (docs/run-folder.md):
 
 metrics.json schema (version 1). A metric whose records are absent is null:
 
-    {"schema": 1, "run": NAME,
+    {"schema": 1, "metrics_version": 2, "sources": {FILE: [size, mtime_ns]}, "run": NAME,
      "training": null | {"updates", "agent_steps", "episodes", "last_update": {...},
                          <set metrics>, "reward_over_training": [BIN],
                          "empty_turn_frac_over_training": [BIN]},
@@ -58,6 +58,9 @@ from klbudget.evaluation.records import (
 from klbudget.runs.folder import from_jsonable, to_jsonable
 
 SCHEMA_VERSION = 1
+# Raised whenever a metric is added or computed differently: a metrics.json of another
+# version is not reused (cached_metrics).
+METRICS_VERSION = 2
 EVAL_EPISODES = re.compile(r"episodes_(?P<policy>[A-Za-z0-9-]+)_L(?P<length>[0-9]+)\.jsonl")
 EVAL_HELDOUT = re.compile(r"heldout_(?P<policy>[A-Za-z0-9-]+)\.jsonl")
 
@@ -192,9 +195,12 @@ def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = T
     if not run_dir.is_dir():
         raise RecordError(f"{run_dir}: not a run folder (no such directory)")
     fmt = fmt or run_format(run_dir)
+    stamp = sources(run_dir)  # before reading: a file that changes meanwhile makes it stale
     sets = {key: load_eval_set(path, *key) for key, path in eval_files(run_dir).items()}
     result: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
+        "metrics_version": METRICS_VERSION,
+        "sources": stamp,
         "run": run_dir.resolve().name,
         "training": _training(run_dir, fmt),
         "eval": {
@@ -212,6 +218,46 @@ def compute_all(run_dir: Path, *, fmt: ChatFormat | None = None, write: bool = T
     if write:
         write_json_atomic(run_dir / "eval" / "metrics.json", to_jsonable(result))
     return result
+
+
+def sources(run_dir: Path) -> dict[str, list[int]]:
+    """{file: [size, mtime_ns]} of every record the metrics are computed from."""
+    eval_dir = run_dir / "eval"
+    names = ["config.toml", "episodes.jsonl", "metrics.jsonl"]
+    if eval_dir.is_dir():
+        names += sorted(
+            f"eval/{p.name}"
+            for p in eval_dir.iterdir()
+            if EVAL_EPISODES.fullmatch(p.name) or EVAL_HELDOUT.fullmatch(p.name)
+        )
+    out = {}
+    for name in names:
+        path = run_dir / name
+        if path.is_file():
+            st = path.stat()
+            out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def cached_metrics(run_dir: Path, fmt: ChatFormat | None = None) -> dict[str, Any]:
+    """The run's metrics: `eval/metrics.json` where it was computed by this version of the
+    metrics from the very files the folder holds now (same sizes and modification times)
+    and in the run's own format, else computed afresh (nothing is written)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "eval" / "metrics.json"
+    own = run_format(run_dir)
+    if path.is_file() and (fmt is None or fmt == own):
+        try:
+            saved = load_metrics_json(path)
+        except RecordError:
+            saved = None
+        if (
+            isinstance(saved, dict)
+            and saved.get("metrics_version") == METRICS_VERSION
+            and saved.get("sources") == sources(run_dir)
+        ):
+            return saved
+    return compute_all(run_dir, fmt=fmt or own, write=False)
 
 
 # ----------------------------------------------------------------------------- JSON

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from klbudget.agent.policy import Actor, Critic, budget_input, make_actor, observation
+from klbudget.agent.actors import make_actor
+from klbudget.agent.policy import Actor, Critic, budget_input, observation
 from klbudget.agent.rollout import played_tokens, run_episode
 from klbudget.base.protocol import WRITER_DEMONSTRATOR, WRITER_ENV, BasePolicy, help_action
 from klbudget.compose import RewardFn, build_base, build_env, chat_format

@@ -1,9 +1,11 @@
 """`klbudget report`: runs side by side in one self-contained HTML file.
 
-The report is rebuilt from run folders alone (docs/run-folder.md): metrics are recomputed
-from the records with :func:`klbudget.evaluation.summary.compute_all` (exactly what
-`eval/metrics.json` would hold; the run folder is not written), training curves come from
-`episodes.jsonl`, the configuration from `config.toml`, transcripts from `eval/`.
+The report is rebuilt from run folders alone (docs/run-folder.md): metrics are
+`eval/metrics.json` where evaluation wrote it from the very records the folder holds now,
+else recomputed from the records with :func:`klbudget.evaluation.summary.compute_all`
+(exactly what that file would hold; the run folder is not written; see
+:func:`~klbudget.evaluation.summary.cached_metrics`), training curves come from the
+training records, the configuration from `config.toml`, transcripts from `eval/`.
 
 Self-contained and inert: CSS is inline, figures are base64 PNG data URLs (also saved as
 PNG files in `<out_stem>_files/`), there is no JavaScript at all and a Content-Security-Policy
@@ -34,7 +36,7 @@ from klbudget.evaluation.records import (
     split_turns,
 )
 from klbudget.evaluation.summary import (
-    compute_all,
+    cached_metrics,
     eval_files,
     from_jsonable,
     run_format,
@@ -100,7 +102,7 @@ def load_run(path: Path, *, fmt: ChatFormat | None = None, n_samples: int = 2) -
         notes.append("no config.toml")
     try:
         fmt = fmt or run_format(path)
-        raw = compute_all(path, fmt=fmt, write=False)
+        raw = cached_metrics(path, fmt=fmt)  # eval/metrics.json while it is current
         # Round-trip through metrics.json's encoding: the report shows what the file holds.
         metrics = from_jsonable(json.loads(json.dumps(to_jsonable(raw))))
         samples = _samples(path, n_samples, fmt)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from klbudget.agent.policy import Actor, make_actor, observation
+from klbudget.agent.actors import make_actor
+from klbudget.agent.policy import Actor, observation
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict

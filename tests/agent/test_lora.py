@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from klbudget.agent.actors import make_actor
 from klbudget.agent.lora import LoraActor
-from klbudget.agent.policy import Actor, make_actor
+from klbudget.agent.policy import Actor
 from klbudget.agent.rollout import run_episode
 from klbudget.agent.trainer import Trainer
 from klbudget.config import from_dict

@@ -345,3 +345,28 @@ def test_transcripts_are_drawn_as_spoken() -> None:
     assert "↵" not in body  # no newline glyph inside the turns: one ¶ per blank line
     empty_box = body[body.index('class="turn teacher empty"') :]
     assert "Student:" not in empty_box[: empty_box.index("</span></span>")]
+
+
+def test_report_reuses_current_metrics_and_recomputes_stale_ones(tmp_path, monkeypatch) -> None:
+    """eval/metrics.json is read, not recomputed, while the records it came from are
+    unchanged; once one changes (size or time), the report computes afresh."""
+    from klbudget.evaluation import summary
+
+    run = make_run(tmp_path / "runA")
+    compute_all(run)  # what evaluation writes
+    calls = []
+    real = summary.compute_all
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(summary, "compute_all", counting)
+    first = build_report([run], tmp_path / "a.html").read_text(encoding="utf-8")
+    assert calls == []
+    edit_line(run / "eval" / "episodes_agent_L32.jsonl", 0, lambda r: r.update({"return": 9.0}))
+    second = build_report([run], tmp_path / "b.html").read_text(encoding="utf-8")
+    assert len(calls) == 1
+    assert Page(first).value("runA", "eval.agent_L32.reward.mean") != Page(second).value(
+        "runA", "eval.agent_L32.reward.mean"
+    )
