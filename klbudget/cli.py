@@ -687,6 +687,13 @@ def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
     return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
 
 
+def _close_bars() -> None:
+    """Close the progress bars an exception left open (each ends its line)."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or ()):
+        bar.close()
+
+
 def _run(fn, quiet: bool = False) -> int:
     """`fn()`'s exit code, with the CLI's errors as one line on stderr (none when `quiet`)
     and their codes."""
@@ -706,6 +713,7 @@ def _run(fn, quiet: bool = False) -> int:
         else:
             raise
         if not quiet:
+            _close_bars()  # the error on a line of its own, not after a bar left open
             print(f"klbudget: error: {msg}", file=sys.stderr)
         return code
 

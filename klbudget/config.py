@@ -258,10 +258,29 @@ class Rule:
         if lo_bad or hi_bad:
             left = "(" if self.lo_open else "["
             right = ")" if self.hi_open else "]"
-            lo = "-inf" if self.lo is None else f"{self.lo:g}"
-            hi = "inf" if self.hi is None else f"{self.hi:g}"
+            lo = "-inf" if self.lo is None else _bound(self.lo)
+            hi = "inf" if self.hi is None else _bound(self.hi)
             return f"must be in {left}{lo}, {hi}{right}"
         return ""
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def check_ranges(obj: Any, rules: dict[str, Rule], what: str) -> None:
+    """ValueError naming the first field of the dataclass `obj` whose value its rule refuses
+    ("world.seed = -1: must be in [0, 2.14748e+09]"); booleans need no rule."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool):
+            continue
+        problem = rules[f.name].check(value) if f.name in rules else "has no range rule"
+        if problem:
+            raise ValueError(f"{what}.{f.name} = {_show(value)}: {problem}")
+
+
+SEED = Rule(lo=0, hi=2**31 - 1)  # what every seed of the package accepts
 
 
 def _pos(hi: float | None = None) -> Rule:

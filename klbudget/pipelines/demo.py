@@ -152,6 +152,10 @@ def run_demo(
     imit_cfg = replace_fields(ImitatorConfig(), imitator_set or [], "imitator")
     base_cfg = apply_overrides(preset("demo" if incontext is None else "incontext_smollm2"),
                                train_set or [])  # fmt: skip
+    for _, budget, steps in agents:  # every agent's settings, checked before the world
+        sets = {"model.path": "imitator", "budget.total": budget}
+        steps_set = {} if steps is None else {"train.total_agent_steps": steps}
+        with_values(base_cfg, sets | steps_set).validate()
     say = print if progress else (lambda *a, **k: None)
 
     say(f"[1/4] world {world_cfg.hash} -> {out / 'world'}", flush=True)

@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from klbudget.config import SEED, Rule, check_ranges
+
 # Bumped whenever a change to the world's code changes what a config generates.
 WORLD_VERSION = 4
 
@@ -46,6 +48,11 @@ class WorldConfig:
     quiet_rate: float = 0.6  # a quiet student's chance of replying with nothing
 
     def __post_init__(self) -> None:
+        check_ranges(self, WORLD_RULES, "world")
+        if self.teacher_min_words > self.teacher_max_words:
+            raise ValueError("world.teacher_min_words must not exceed teacher_max_words")
+        if self.student_min_words > self.student_max_words:
+            raise ValueError("world.student_min_words must not exceed student_max_words")
         if self.n_styles < 1 or self.teacher_pool_size < 1 or self.student_pool_size < 1:
             raise ValueError("n_styles and pool sizes must be positive")
         if not 0.0 < self.style_focus < 1.0:
@@ -72,3 +79,30 @@ class WorldConfig:
     def hash(self) -> str:
         """Stable identifier of what this config generates (fields + WORLD_VERSION)."""
         return stable_hash({"world_version": WORLD_VERSION, **self.to_dict()})
+
+
+def _ints(lo: int, hi: int) -> Rule:
+    return Rule(lo=lo, hi=hi)
+
+
+# The range of every field (checked before anything is built; relations in __post_init__).
+WORLD_RULES = {
+    "seed": SEED,
+    "n_train": _ints(1, 10_000_000),
+    "n_heldout": _ints(1, 1_000_000),
+    "n_styles": _ints(1, 1000),
+    "teacher_pool_size": _ints(1, 100_000),
+    "student_pool_size": _ints(1, 100_000),
+    "teacher_min_words": _ints(1, 200),
+    "teacher_max_words": _ints(1, 200),
+    "student_min_words": _ints(1, 200),
+    "student_max_words": _ints(1, 200),
+    "style_focus": Rule(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "context_boost": Rule(lo=0.0, hi=1e6, lo_open=True),
+    "off_style_weight": Rule(lo=0.0, hi=1e6, lo_open=True),
+    "transcript_pretokens": _ints(1, 1_000_000),
+    "n_openers": _ints(0, 100_000),
+    "opener_persistence": Rule(lo=0.0, hi=1.0, hi_open=True),
+    "quiet_students": Rule(lo=0.0, hi=1.0, hi_open=True),
+    "quiet_rate": Rule(lo=0.0, hi=1.0, hi_open=True),
+}

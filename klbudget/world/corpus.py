@@ -240,8 +240,37 @@ def load_split(world_dir: str | Path, split: str) -> list[dict]:
     """The records of one split ("train" or "heldout")."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    with open(Path(world_dir) / f"{split}.jsonl", encoding="ascii") as f:
-        return [json.loads(line) for line in f]
+    path = Path(world_dir) / f"{split}.jsonl"
+    records = []
+    try:
+        with open(path, encoding="ascii") as f:
+            for n, line in enumerate(f, start=1):
+                rec = json.loads(line)
+                problem = _record_problem(rec)
+                if problem:
+                    raise WorldError(f"{path}, line {n}: {problem}")
+                records.append(rec)
+    except FileNotFoundError as err:
+        raise WorldError(f"{world_dir} has no {split} split ({path.name})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorldError(f"{path}, line {n}: not a JSON record ({err})") from err
+    if not records:
+        raise WorldError(f"{path} holds no transcript")
+    return records
+
+
+def _record_problem(rec: object) -> str:
+    """What is wrong with one corpus record ('' when nothing): an object with the transcript
+    `text` and its `turns`, each a speaker and its content."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+        return "a record needs a string 'text'"
+    turns = rec.get("turns")
+    if not isinstance(turns, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("speaker"), str)
+        and isinstance(t.get("content"), str) for t in turns
+    ):  # fmt: skip
+        return "a record needs 'turns': a list of {speaker, content} strings"
+    return ""
 
 
 def record_turns(record: dict) -> list[Turn]:

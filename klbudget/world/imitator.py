@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from klbudget.config import SEED, Rule, check_ranges
 from klbudget.envs.format import ChatFormat
 from klbudget.world.config import stable_hash
-from klbudget.world.corpus import World, load_split, load_world, record_turns
+from klbudget.world.corpus import World, WorldError, load_split, load_world, record_turns
 from klbudget.world.pools import speaker_names, vader_compound
 from klbudget.world.token_model import TeacherTokenModel, check_split
 from klbudget.world.tokenizer import encode, train_tokenizer, transcript_pieces, turn_piece
@@ -43,6 +44,7 @@ from klbudget.world.trie import TurnPieces
 PEER_HEADER = "The following is a conversation between two students. Each replies to the other."
 IMITATOR_VERSION = 3  # bumped when training code changes what a config produces
 REPORT_FILE = "imitator.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -80,15 +82,50 @@ class ImitatorConfig:
     peer_header: str = PEER_HEADER  # first paragraph of the peer chats' prompt ("": the world's)
 
     def __post_init__(self) -> None:
-        if self.peer_transcripts < 0 or not 0.0 <= self.peer_quiet <= 1.0:
-            raise ValueError(
-                f"peer_transcripts must be >= 0 and peer_quiet in [0, 1], "
-                f"got {self.peer_transcripts}, {self.peer_quiet}"
-            )
+        check_ranges(self, IMITATOR_RULES, "imitator")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"imitator.n_embd ({self.n_embd}) must be a multiple of n_head "
+                             f"({self.n_head})")  # fmt: skip
+        if self.max_position < self.block_size + 1:
+            raise ValueError(f"imitator.max_position ({self.max_position}) must exceed "
+                             f"block_size ({self.block_size})")  # fmt: skip
 
     def to_dict(self) -> dict[str, object]:
         """All fields, for JSON/TOML."""
         return asdict(self)
+
+
+def _unit(lo_open: bool = False) -> Rule:
+    return Rule(lo=0.0, hi=1.0, lo_open=lo_open)
+
+
+# The range of every field (checked when a config is made; relations in __post_init__).
+IMITATOR_RULES = {
+    "vocab_size": Rule(lo=16, hi=1_000_000),
+    "n_layer": Rule(lo=1, hi=64),
+    "n_embd": Rule(lo=2, hi=16_384),
+    "n_head": Rule(lo=1, hi=256),
+    "mlp_ratio": Rule(lo=1, hi=64),
+    "block_size": Rule(lo=8, hi=65_536),
+    "max_position": Rule(lo=9, hi=1_000_000),
+    "steps": Rule(lo=1, hi=100_000_000),
+    "batch_size": Rule(lo=1, hi=65_536),
+    "lr": Rule(lo=0.0, hi=10.0, lo_open=True),
+    "warmup_steps": Rule(lo=0, hi=100_000_000),
+    "min_lr_frac": _unit(),
+    "weight_decay": Rule(lo=0.0, hi=100.0),
+    "grad_clip": Rule(lo=0.0, hi=1e6, lo_open=True),
+    "seed": SEED,
+    "num_threads": Rule(lo=0, hi=1024),
+    "eval_transcripts": Rule(lo=0, hi=10_000_000),
+    "probe_samples": Rule(lo=0, hi=1_000_000),
+    "train_fraction": _unit(lo_open=True),
+    "bootstrap": SEED,
+    "rename_fraction": _unit(),
+    "peer_transcripts": Rule(lo=0, hi=10_000_000),
+    "peer_quiet": _unit(),
+    "peer_header": Rule(),
+}
 
 
 def _file_digest(path: Path) -> str:
@@ -174,7 +211,7 @@ def imitator_key(corpus_dir: str | Path, cfg: ImitatorConfig) -> str:
         {
             "imitator_version": IMITATOR_VERSION,
             "config": config,
-            "world": json.loads((corpus / "world.json").read_text())["hash"],
+            "world": load_world(corpus).cfg.hash,  # WorldError for a folder that is not one
             "train": _file_digest(corpus / "train.jsonl"),
             "heldout": _file_digest(corpus / "heldout.jsonl"),
         }
@@ -465,6 +502,7 @@ def train_imitator(
     corpus_dir = Path(corpus_dir)
     folder = Path(cache_root) / f"imitator-{imitator_key(corpus_dir, cfg)}"
     if (folder / REPORT_FILE).exists():
+        check_cached(folder)
         return folder
     world = load_world(corpus_dir)
     train = load_split(corpus_dir, "train")
@@ -513,6 +551,7 @@ def train_imitator(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    meta["weights_sha256"] = _file_digest(tmp / WEIGHTS_FILE)  # checked on every cache hit
     # Written last: a folder with this file is complete.
     (tmp / REPORT_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -545,5 +584,35 @@ def train_ensemble(
 
 
 def read_report(folder: str | Path) -> dict:
-    """The ``imitator.json`` of a trained imitator folder."""
-    return json.loads((Path(folder) / REPORT_FILE).read_text())
+    """The ``imitator.json`` of a trained imitator folder; WorldError when it is not one."""
+    path = Path(folder) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WorldError(f"{path} is not an imitator report ({err}); delete {Path(folder)} "
+                         "to train it again") from err  # fmt: skip
+    if not isinstance(report, dict):
+        raise WorldError(f"{path} is not an imitator report (not a JSON object)")
+    return report
+
+
+def check_cached(folder: Path) -> None:
+    """WorldError (one line) when a cached imitator folder is damaged: its report does not
+    parse, or its weights are not the ones it was saved with (or, for folders saved before
+    the digest was recorded, not a safetensors file)."""
+    report = read_report(folder)
+    weights = folder / WEIGHTS_FILE
+    want = report.get("weights_sha256")
+    try:
+        if want is not None:
+            ok = _file_digest(weights) == want
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as fh:
+                ok = bool(list(fh.keys()))
+    except Exception:  # a missing or unreadable file, a header safetensors cannot parse
+        ok = False
+    if not ok:
+        raise WorldError(f"{weights} is damaged (not the weights this cached imitator was "
+                         f"saved with); delete {folder} to train it again")  # fmt: skip

@@ -45,3 +45,30 @@ def test_a_negative_theory_seed_is_refused(tmp_path, capsys):
     assert main(["theory", "--out", str(out), "--seed", "-1"]) == 2
     assert "--seed must be >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("setting", ["env.n_envs=-1", "ppo.clip=nan", "budget.mode=never"])
+def test_demo_checks_agent_settings_before_building_anything(tmp_path, capsys, setting):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", setting, "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting.split("=")[0] in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_error_under_a_progress_bar_gets_its_own_line(capsys):
+    from tqdm.auto import tqdm
+
+    from klbudget.cli import _run
+    from klbudget.config import ConfigError
+
+    def command():
+        bar = tqdm(total=10, desc="eval")
+        bar.update(3)
+        raise ConfigError("the reward function returned 2 values for 3 replies")
+
+    assert _run(command) == 2
+    err = capsys.readouterr().err
+    last = err.strip().replace("\r", "\n").splitlines()[-1]
+    assert last == "klbudget: error: the reward function returned 2 values for 3 replies"
+    assert "\nklbudget: error:" in err  # after the bar's line, not on it
