@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = _read(path)
     figures = [f for f in args.figures.split(",") if f and f in summary[0]]
-    keys = [k for k in summary[0] if k not in META and not any(
-        k == f or k.startswith(f"{f}_") for f in ("return", "replies", "empty", "kl",
-                                                  "outside_tau", "help", "swap_after_empty"))]  # fmt: skip
+    stats = ("return", "replies", "empty", "kl", "outside_tau", "help", "swap_after_empty")
+    keys = [k for k in summary[0]
+            if k not in META and not any(k == f or k.startswith(f"{f}_") for f in stats)]  # fmt: skip
     longest: dict[tuple, int] = {}
     for r in summary:
         cell = tuple(r[k] for k in keys)
