@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = _read(path)
     figures = [f for f in args.figures.split(",") if f and f in summary[0]]
     stats = ("return", "replies", "empty", "kl", "outside_tau", "help", "swap_after_empty")
-    keys = [k for k in summary[0]
-            if k not in META and not any(k == f or k.startswith(f"{f}_") for f in stats)]  # fmt: skip
+
+    def is_stat(k: str) -> bool:
+        return any(k == f or k.startswith(f"{f}_") for f in stats)
+
+    keys = [k for k in summary[0] if k not in META and not is_stat(k)]
     longest: dict[tuple, int] = {}
     for r in summary:
         cell = tuple(r[k] for k in keys)
