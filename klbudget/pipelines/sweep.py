@@ -388,11 +388,12 @@ def plot_summary(summary: list[dict], keys: list[str], path: Path) -> None:
                 f"{o.split('.')[-1]}={_short(v)}" for o, v in zip(others, combo, strict=True)
             )
             ax.errorbar(pos, mean, yerr=np.clip(err, 0, None), marker="o", capsize=3,
-                        label=lbl or "agent")  # fmt: skip
+                        linestyle="-" if numeric else "none", label=lbl or "agent")  # fmt: skip
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(x_key)
         if not numeric:
-            ax.set_xticks(range(len(xs)), [_short(x) for x in xs])
+            ax.set_xticks(range(len(xs)), [_short(x) for x in xs], rotation=25, ha="right")
+            ax.set_xlim(-0.5, len(xs) - 0.5)  # categories (variants): points, not a line
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False,
