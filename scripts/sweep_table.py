@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from klbudget.pipelines.sweep import SUMMARY
+
 META = {"policy", "L", "seeds"}
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = _read(path)
     figures = [f for f in args.figures.split(",") if f and f in summary[0]]
-    stats = ("return", "replies", "empty", "kl", "outside_tau", "help", "swap_after_empty")
+    stats = SUMMARY  # the figures `klbudget sweep` summarizes
 
     def is_stat(k: str) -> bool:
         return any(k == f or k.startswith(f"{f}_") for f in stats)
